@@ -1,1 +1,171 @@
-//! placeholder
+//! An in-memory [`Store`]: records live in a map behind one lock and vanish with the
+//! process.
+//!
+//! It is the reference implementation of the [`Store`] contract, short enough to read in
+//! one sitting, and the store to use in tests and for services that accept losing records
+//! on restart. Every method takes the lock once, so each is atomic with respect to all the
+//! others.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use cnerium_core::async_trait;
+use cnerium_core::{
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
+    RecordKey, RecordState, Store, StoreError, Timestamp,
+};
+
+/// Records in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    records: HashMap<RecordKey, Record>,
+    /// The last fence granted by this store; fences are unique across all keys, so they
+    /// also grow per key across purges.
+    last_fence: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of records held, live or expired but not yet purged.
+    pub fn len(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No method panics while holding the lock, so a poisoned lock still guards
+        // consistent data.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let mut inner = self.lock();
+        let takeover = match inner.records.get(&request.key) {
+            Some(existing) if !existing.is_claimable(request.now) => {
+                return Ok(ClaimOutcome::Existing(existing.clone()));
+            }
+            Some(existing) => {
+                existing.is_live(request.now)
+                    && matches!(existing.state, RecordState::InProgress { .. })
+            }
+            None => false,
+        };
+
+        inner.last_fence += 1;
+        let fence = Fence(inner.last_fence);
+        let record = request.in_progress_record(fence);
+        inner.records.insert(request.key, record);
+        Ok(ClaimOutcome::Claimed { fence, takeover })
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        fence: Fence,
+        completion: Completion,
+    ) -> Result<(), CompleteError> {
+        let mut inner = self.lock();
+        let Some(record) = inner.records.get_mut(key) else {
+            return Err(CompleteError::Fenced);
+        };
+        if !matches!(record.state, RecordState::InProgress { fence: f, .. } if f == fence) {
+            return Err(CompleteError::Fenced);
+        }
+
+        record.state = RecordState::Completed {
+            fence,
+            response: completion.response,
+            events: completion.events,
+            events_published: false,
+            completed_at: completion.completed_at,
+        };
+        record.expires_at = completion.expires_at;
+        Ok(())
+    }
+
+    async fn release(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let held = matches!(
+            inner.records.get(key),
+            Some(Record { state: RecordState::InProgress { fence: f, .. }, .. }) if *f == fence
+        );
+        if held {
+            inner.records.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn mark_published(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(Record {
+            state:
+                RecordState::Completed {
+                    fence: f,
+                    events_published,
+                    ..
+                },
+            ..
+        }) = inner.records.get_mut(key)
+            && *f == fence
+        {
+            *events_published = true;
+        }
+        Ok(())
+    }
+
+    async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvents>, StoreError> {
+        let inner = self.lock();
+        let mut pending: Vec<(Timestamp, PendingEvents)> = inner
+            .records
+            .iter()
+            .filter_map(|(key, record)| match &record.state {
+                RecordState::Completed {
+                    fence,
+                    events,
+                    events_published: false,
+                    completed_at,
+                    ..
+                } if !events.is_empty() => Some((
+                    *completed_at,
+                    PendingEvents {
+                        key: key.clone(),
+                        fence: *fence,
+                        events: events.clone(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        pending.sort_by_key(|(completed_at, p)| (*completed_at, p.fence));
+        pending.truncate(limit);
+        Ok(pending.into_iter().map(|(_, p)| p).collect())
+    }
+
+    async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        let inner = self.lock();
+        Ok(inner.records.get(key).filter(|r| r.is_live(now)).cloned())
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.records.len();
+        inner.records.retain(|_, record| record.is_live(now));
+        Ok((before - inner.records.len()) as u64)
+    }
+}
