@@ -58,7 +58,8 @@ impl Event {
         if let Some(room) = &room {
             validate_room(room)?;
         }
-        let payload = serde_json::to_value(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
+        let payload =
+            serde_json::to_value(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(kind.as_bytes());
         hasher.update([0]);
@@ -148,7 +149,8 @@ pub fn validate_kind(kind: &str) -> Result<(), EmitError> {
 
 /// Checks a room name: 1 to [`MAX_NAME_LEN`] bytes, no control characters.
 pub fn validate_room(room: &str) -> Result<(), EmitError> {
-    let valid = !room.is_empty() && room.len() <= MAX_NAME_LEN && !room.chars().any(char::is_control);
+    let valid =
+        !room.is_empty() && room.len() <= MAX_NAME_LEN && !room.chars().any(char::is_control);
     if valid {
         Ok(())
     } else {
@@ -197,7 +199,8 @@ impl EventStage {
         if let Some(room) = room {
             validate_room(room)?;
         }
-        let payload = serde_json::to_value(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
+        let payload =
+            serde_json::to_value(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
         let mut inner = self.lock();
         if inner.closed {
             return Err(EmitError::Closed);

@@ -34,7 +34,12 @@ impl Fingerprint {
     }
 
     /// Computes the fingerprint of a request with the current version.
-    pub fn compute(method: &http::Method, uri: &http::Uri, headers: &HeaderMap, body: &[u8]) -> Self {
+    pub fn compute(
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(V1_DOMAIN);
         field(&mut hasher, method.as_str().as_bytes());
@@ -91,8 +96,14 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The canonical form of a JSON document, or `None` when `body` is not JSON.
@@ -149,19 +160,31 @@ mod tests {
 
     fn json_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         h
     }
 
     fn fp(headers: &HeaderMap, uri: &str, body: &str) -> Fingerprint {
-        Fingerprint::compute(&Method::POST, &uri.parse::<Uri>().unwrap(), headers, body.as_bytes())
+        Fingerprint::compute(
+            &Method::POST,
+            &uri.parse::<Uri>().unwrap(),
+            headers,
+            body.as_bytes(),
+        )
     }
 
     #[test]
     fn reserialized_json_has_the_same_fingerprint() {
         let h = json_headers();
         let a = fp(&h, "/orders", r#"{"product_id":"p1","quantity":2}"#);
-        let b = fp(&h, "/orders", "{ \"quantity\" : 2,\n \"product_id\": \"p\\u0031\" }");
+        let b = fp(
+            &h,
+            "/orders",
+            "{ \"quantity\" : 2,\n \"product_id\": \"p\\u0031\" }",
+        );
         assert_eq!(a, b);
     }
 
@@ -210,7 +233,10 @@ mod tests {
     #[test]
     fn plus_json_types_count_as_json() {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/merge-patch+json"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/merge-patch+json"),
+        );
         assert!(is_json(&h));
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/json"));
         assert!(!is_json(&h));

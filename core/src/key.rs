@@ -208,7 +208,10 @@ mod tests {
         assert_eq!(parse("\"\""), Err(KeyError::Empty));
         assert_eq!(parse("a b"), Err(KeyError::InvalidCharacter { byte: b' ' }));
         assert_eq!(parse("a,b"), Err(KeyError::InvalidCharacter { byte: b',' }));
-        assert_eq!(parse("a\\b"), Err(KeyError::InvalidCharacter { byte: b'\\' }));
+        assert_eq!(
+            parse("a\\b"),
+            Err(KeyError::InvalidCharacter { byte: b'\\' })
+        );
         assert_eq!(parse("\"open"), Err(KeyError::BadQuoting));
         assert_eq!(parse("\"a\"b"), Err(KeyError::BadQuoting));
         assert_eq!(parse(r#""bad \n escape""#), Err(KeyError::BadQuoting));
@@ -234,10 +237,19 @@ mod tests {
     #[test]
     fn header_must_be_present_once() {
         let mut headers = HeaderMap::new();
-        assert_eq!(IdempotencyKey::from_headers(&headers), Err(KeyError::Missing));
+        assert_eq!(
+            IdempotencyKey::from_headers(&headers),
+            Err(KeyError::Missing)
+        );
         headers.append("Idempotency-Key", HeaderValue::from_static("a"));
-        assert_eq!(IdempotencyKey::from_headers(&headers).unwrap().as_str(), "a");
+        assert_eq!(
+            IdempotencyKey::from_headers(&headers).unwrap().as_str(),
+            "a"
+        );
         headers.append("IDEMPOTENCY-KEY", HeaderValue::from_static("a"));
-        assert_eq!(IdempotencyKey::from_headers(&headers), Err(KeyError::Repeated));
+        assert_eq!(
+            IdempotencyKey::from_headers(&headers),
+            Err(KeyError::Repeated)
+        );
     }
 }
