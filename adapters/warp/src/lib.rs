@@ -1,1 +1,229 @@
-//! placeholder
+//! Durable POST routes for [warp](https://docs.rs/warp).
+//!
+//! [`durable`] turns a [`DurableRoute`] into a warp filter that you mount anywhere in an
+//! existing filter tree, beside ordinary routes:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cnerium_core::{DurableRequest, DurableResponse, Engine, Timestamp};
+//! use cnerium_store_memory::MemoryStore;
+//! use warp::Filter;
+//!
+//! # async fn run() {
+//! let clock = Arc::new(|| Timestamp::from_system_time(std::time::SystemTime::now()));
+//! let engine = Engine::new(Arc::new(MemoryStore::new()), clock);
+//! let create = engine.route("orders.create", |request: DurableRequest| async move {
+//!     DurableResponse::created(serde_json::json!({"key": request.idempotency_key().as_str()}))
+//! });
+//!
+//! let health = warp::path("health").and(warp::get()).map(|| "ok");
+//! let orders = warp::path("orders").and(warp::path::end()).and(cnerium_warp::durable(create));
+//! let routes = health.or(orders).recover(cnerium_warp::problem_rejections);
+//! warp::serve(routes).run(([127, 0, 0, 1], 8080)).await;
+//! # }
+//! ```
+//!
+//! The filter matches POST only and reads the body itself, up to the route's limit, so a
+//! chunked body without `Content-Length` is limited too. The engine runs in a task of its
+//! own: a client that disconnects mid-request does not cancel the handler, and its retry
+//! receives the stored result.
+
+use std::convert::Infallible;
+
+use bytes::{Buf, Bytes, BytesMut};
+use cnerium_core::DurableRoute;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use tracing::error;
+use warp::filters::BoxedFilter;
+use warp::{Filter, Rejection};
+
+/// A filter that runs `route` for POST requests and answers every outcome itself.
+///
+/// Combine it with path filters: `warp::path("orders").and(warp::path::end()).and(durable(route))`.
+/// Requests with another method are rejected as warp's "method not allowed", so that other
+/// routes on the same path still match; [`problem_rejections`] turns that into a 405
+/// problem.
+pub fn durable(route: DurableRoute) -> BoxedFilter<(Response<Bytes>,)> {
+    warp::post()
+        .and(warp::path::full())
+        .and(raw_query())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            move |path: warp::path::FullPath, query: String, headers, body| {
+                let route = route.clone();
+                async move { run(route, path.as_str(), &query, headers, body).await }
+            },
+        )
+        .boxed()
+}
+
+/// The same as [`durable`], mounted on the single path segment `segment`
+/// (`durable_post("orders", route)` serves `POST /orders`).
+pub fn durable_post(segment: &'static str, route: DurableRoute) -> BoxedFilter<(Response<Bytes>,)> {
+    warp::path(segment)
+        .and(warp::path::end())
+        .and(durable(route))
+        .boxed()
+}
+
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+async fn run<S, B>(
+    route: DurableRoute,
+    path: &str,
+    query: &str,
+    headers: HeaderMap,
+    body: S,
+) -> Response<Bytes>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf,
+{
+    let uri = if query.is_empty() {
+        Uri::try_from(path)
+    } else {
+        Uri::try_from(format!("{path}?{query}"))
+    };
+    let mut request = Request::new(Bytes::new());
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = match uri {
+        Ok(uri) => uri,
+        Err(_) => return bad_target(),
+    };
+    *request.headers_mut() = headers;
+
+    let (parts, _) = request.into_parts();
+    if let Some(refused) = route.precheck(&parts) {
+        return with_nosniff(refused);
+    }
+    let body = match read_limited(body, route.body_limit()).await {
+        Ok(body) => body,
+        Err(BodyRead::TooLarge) => return route.body_too_large(),
+        Err(BodyRead::Failed(e)) => {
+            return with_nosniff(problem(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body could not be read: {e}"),
+            ));
+        }
+    };
+    let request = Request::from_parts(parts, body);
+
+    // A task of its own, so that a client hanging up does not cancel a running handler.
+    match tokio::spawn(async move { route.handle(request).await }).await {
+        Ok(response) => response,
+        Err(e) => {
+            error!(error = %e, "durable request task failed");
+            with_nosniff(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the operation failed",
+            ))
+        }
+    }
+}
+
+enum BodyRead {
+    TooLarge,
+    Failed(warp::Error),
+}
+
+async fn read_limited<S, B>(body: S, limit: usize) -> Result<Bytes, BodyRead>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(BodyRead::Failed)?;
+        if collected.len() + chunk.remaining() > limit {
+            return Err(BodyRead::TooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+fn bad_target() -> Response<Bytes> {
+    with_nosniff(problem(
+        StatusCode::BAD_REQUEST,
+        "the request target is not a valid URI",
+    ))
+}
+
+fn with_nosniff(mut response: Response<Bytes>) -> Response<Bytes> {
+    response.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<Bytes> {
+    cnerium_core::DurableResponse::problem(status, detail).into_http()
+}
+
+/// A `recover` handler that answers warp's own rejections as `application/problem+json`:
+/// 404 for unknown paths, 405 with `Allow` for a wrong method, and so on.
+///
+/// ```no_run
+/// # use warp::Filter;
+/// let routes = warp::path("health").map(|| "ok").recover(cnerium_warp::problem_rejections);
+/// ```
+pub async fn problem_rejections(rejection: Rejection) -> Result<Response<Bytes>, Rejection> {
+    let (status, detail) = if rejection.is_not_found() {
+        (
+            StatusCode::NOT_FOUND,
+            "no route matches this path".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this method is not allowed on this path; durable routes accept POST".to_owned(),
+        )
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the request body is too large".to_owned(),
+        )
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported content type".to_owned(),
+        )
+    } else if let Some(e) = rejection.find::<warp::filters::body::BodyDeserializeError>() {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("the request body is invalid: {e}"),
+        )
+    } else if rejection.find::<warp::reject::MissingHeader>().is_some()
+        || rejection.find::<warp::reject::InvalidHeader>().is_some()
+        || rejection.find::<warp::reject::InvalidQuery>().is_some()
+    {
+        (
+            StatusCode::BAD_REQUEST,
+            "the request is malformed".to_owned(),
+        )
+    } else {
+        // Let warp answer rejections this function does not know about.
+        return Err(rejection);
+    };
+    let mut response = with_nosniff(problem(status, &detail));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    }
+    Ok(response)
+}
