@@ -36,10 +36,10 @@ async fn start(body_limit: usize) -> TestService {
         .and(warp::path::end())
         .and(cnerium_warp::durable(route));
     let routes = hello
-        .map(|r| warp::reply::Reply::into_response(r))
-        .or(echo_get.map(|r| warp::reply::Reply::into_response(r)))
+        .map(warp::reply::Reply::into_response)
+        .or(echo_get.map(warp::reply::Reply::into_response))
         .unify()
-        .or(echo.map(|r| warp::reply::Reply::into_response(r)))
+        .or(echo.map(warp::reply::Reply::into_response))
         .unify()
         .recover(cnerium_warp::problem_rejections);
 
