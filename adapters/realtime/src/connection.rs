@@ -1,0 +1,333 @@
+//! One WebSocket connection, from the opening handshake to the close, written once for
+//! every runtime.
+//!
+//! The session loop is generic over a stream and sink of tungstenite messages, so the
+//! standalone listeners (futures I/O through async-tungstenite) and the warp route (its
+//! own WebSocket type, adapted) share it. Timers come from the runtime as a [`Sleep`]
+//! function.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use async_tungstenite::tungstenite::{self, Message};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::future::{self, BoxFuture, Either};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tracing::debug;
+
+use crate::hub::{ConnectionId, ConnectionInfo, Hub};
+use crate::outbox::{End, Outbox};
+use crate::protocol::{self, ErrorCode, Refusal, Reply, Request as ClientRequest};
+
+/// A runtime's timer: a future that completes after the given duration.
+///
+/// `|d| Box::pin(tokio::time::sleep(d))` on tokio, `|d| Box::pin(async_std::task::sleep(d))`
+/// on async-std.
+pub type Sleep = fn(Duration) -> BoxFuture<'static, ()>;
+
+/// How long the server waits for its close frame to go out and the client's answer to come
+/// back before it drops the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Frames written before the writer flushes, so a busy queue still reaches the socket.
+const WRITE_BATCH: usize = 64;
+
+/// The tungstenite settings that enforce the configured frame limit.
+pub(crate) fn websocket_config(max_frame_size: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(max_frame_size))
+        .max_message_size(Some(max_frame_size))
+}
+
+/// Runs the opening handshake on `io`, then the session, until the client leaves, the
+/// server closes it, or `shutdown` completes.
+pub(crate) async fn accept<S>(
+    hub: Hub,
+    io: S,
+    peer_addr: Option<SocketAddr>,
+    sleep: Sleep,
+    shutdown: impl Future<Output = ()> + Send,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut shutdown = pin!(shutdown);
+    let config = hub.config().clone();
+    let mut info = None;
+
+    let websocket = {
+        let callback = |request: &Request, response: Response| {
+            if request.uri().path() != config.path {
+                debug!(path = request.uri().path(), "refusing a handshake on a wrong path");
+                return Err(not_found());
+            }
+            info = Some(ConnectionInfo::new(
+                request.uri().clone(),
+                request.headers().clone(),
+                peer_addr,
+            ));
+            Ok(response)
+        };
+        let handshake = async_tungstenite::accept_hdr_async_with_config(
+            io,
+            callback,
+            Some(websocket_config(config.max_frame_size)),
+        );
+        let deadline = future::select(sleep(config.idle_timeout), shutdown.as_mut());
+        match future::select(pin!(handshake), deadline).await {
+            Either::Left((Ok(websocket), _)) => websocket,
+            Either::Left((Err(error), _)) => {
+                debug!(peer = ?peer_addr, %error, "websocket handshake failed");
+                return;
+            }
+            Either::Right(_) => {
+                debug!(peer = ?peer_addr, "websocket handshake did not finish in time");
+                return;
+            }
+        }
+    };
+    let Some(info) = info else {
+        // The handshake only succeeds after the callback accepted the request.
+        return;
+    };
+
+    run_session(hub, websocket, info, sleep, shutdown).await;
+}
+
+fn not_found() -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some("not found".to_owned()));
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response
+}
+
+/// How a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// The client closed the connection or it broke.
+    PeerGone,
+    /// The client sent nothing for the idle timeout.
+    Idle,
+    /// The client sent a frame over the size limit.
+    TooBig,
+    /// The client did not read fast enough and its queue filled up.
+    TooSlow,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl Exit {
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            Self::PeerGone => return None,
+            Self::Idle => (CloseCode::Away, "idle timeout"),
+            Self::TooBig => (CloseCode::Size, "frame too large"),
+            Self::TooSlow => (CloseCode::Policy, "client too slow"),
+            Self::Shutdown => (CloseCode::Away, "server shutting down"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+/// Serves one connection whose handshake is done.
+///
+/// `websocket` yields the client's messages and takes the server's; its read errors are
+/// inspected for tungstenite's size limit error (directly or as a source) to answer 1009.
+pub(crate) async fn run_session<W, E>(
+    hub: Hub,
+    websocket: W,
+    info: ConnectionInfo,
+    sleep: Sleep,
+    shutdown: impl Future<Output = ()>,
+) where
+    W: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::error::Error + 'static,
+    <W as Sink<Message>>::Error: fmt::Display,
+{
+    let (id, outbox) = hub.register();
+    let session = Session {
+        hub,
+        id,
+        info: Arc::new(info),
+        outbox,
+        sleep,
+    };
+    debug!(
+        connection = %id,
+        peer = ?session.info.peer_addr(),
+        uri = %session.info.uri(),
+        "websocket connected"
+    );
+
+    for room in session.info.query_values("room") {
+        session.join(&room);
+    }
+
+    let (mut sink, mut stream) = websocket.split();
+    let exit = {
+        let reader = session.read_frames(&mut stream);
+        let writer = session.write_frames(&mut sink);
+        let pinger = session.ping();
+        let ended = async {
+            match future::poll_fn(|cx| session.outbox.poll_end(cx)).await {
+                End::Overflow => Exit::TooSlow,
+                End::Shutdown => Exit::Shutdown,
+            }
+        };
+        let shutdown = async {
+            shutdown.await;
+            Exit::Shutdown
+        };
+        first(first(reader, writer), first(first(pinger, ended), shutdown)).await
+    };
+
+    session.hub.unregister(id);
+    debug!(connection = %id, reason = ?exit, "websocket closing");
+    if let Some(frame) = exit.close_frame() {
+        let closing = async {
+            if sink.send(Message::Close(Some(frame))).await.is_ok() {
+                // Read until the client's close answer, so the socket shuts down cleanly.
+                while let Some(Ok(_)) = stream.next().await {}
+            }
+        };
+        future::select(pin!(closing), (session.sleep)(CLOSE_TIMEOUT)).await;
+    }
+}
+
+/// Whichever of two exits comes first.
+async fn first(a: impl Future<Output = Exit>, b: impl Future<Output = Exit>) -> Exit {
+    match future::select(pin!(a), pin!(b)).await {
+        Either::Left((exit, _)) | Either::Right((exit, _)) => exit,
+    }
+}
+
+struct Session {
+    hub: Hub,
+    id: ConnectionId,
+    info: Arc<ConnectionInfo>,
+    outbox: Arc<Outbox>,
+    sleep: Sleep,
+}
+
+impl Session {
+    /// Reads client frames until the client leaves, goes silent, or breaks a limit.
+    async fn read_frames<R, E>(&self, stream: &mut R) -> Exit
+    where
+        R: Stream<Item = Result<Message, E>> + Unpin,
+        E: std::error::Error + 'static,
+    {
+        let idle_timeout = self.hub.config().idle_timeout;
+        loop {
+            let next = future::select(stream.next(), (self.sleep)(idle_timeout)).await;
+            let message = match next {
+                Either::Left((Some(Ok(message)), _)) => message,
+                Either::Left((Some(Err(error)), _)) => return self.read_failed(&error),
+                Either::Left((None, _)) => return Exit::PeerGone,
+                Either::Right(_) => return Exit::Idle,
+            };
+            match message {
+                Message::Text(text) => self.handle_text(text.as_str()),
+                Message::Binary(_) => self.refuse(Refusal::new(
+                    ErrorCode::BinaryUnsupported,
+                    "binary frames are not supported; send JSON text frames",
+                )),
+                // tungstenite answers pings and close frames itself; any frame counts as
+                // activity for the idle timer.
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    fn read_failed(&self, error: &(dyn std::error::Error + 'static)) -> Exit {
+        let mut source = Some(error);
+        while let Some(error) = source {
+            if let Some(tungstenite::Error::Capacity(capacity)) = error.downcast_ref() {
+                debug!(connection = %self.id, %capacity, "client frame over the size limit");
+                return Exit::TooBig;
+            }
+            source = error.source();
+        }
+        debug!(connection = %self.id, %error, "websocket read failed");
+        Exit::PeerGone
+    }
+
+    fn handle_text(&self, text: &str) {
+        match protocol::parse_request(text) {
+            Ok(ClientRequest::Join(room)) => self.join(&room),
+            Ok(ClientRequest::Leave(room)) => {
+                self.hub.leave(self.id, &room);
+                debug!(connection = %self.id, room = %room, "left room");
+                self.reply(Reply::Left { room: &room }.to_message());
+            }
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+
+    /// Joins `room` for a URL parameter or a `room.join` frame and answers either way.
+    fn join(&self, room: &str) {
+        let joined = protocol::check_room(room)
+            .and_then(|()| self.hub.join(self.id, &self.info, room));
+        match joined {
+            Ok(()) => {
+                debug!(connection = %self.id, room = %room, "joined room");
+                self.reply(Reply::Joined { room }.to_message());
+            }
+            Err(refusal) => self.refuse(refusal),
+        }
+    }
+
+    fn refuse(&self, refusal: Refusal) {
+        debug!(
+            connection = %self.id,
+            code = %refusal.code,
+            room = refusal.room.as_deref().unwrap_or(""),
+            "refused a client request"
+        );
+        self.reply(refusal.to_message());
+    }
+
+    fn reply(&self, frame: Message) {
+        self.hub.send(self.id, &self.outbox, frame);
+    }
+
+    /// Writes queued frames to the client until writing fails.
+    async fn write_frames<S>(&self, sink: &mut S) -> Exit
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: fmt::Display,
+    {
+        loop {
+            let frame = future::poll_fn(|cx| self.outbox.poll_frame(cx)).await;
+            let mut written = sink.feed(frame).await;
+            let mut batch = 1;
+            while written.is_ok() && batch < WRITE_BATCH {
+                let Some(frame) = self.outbox.try_pop() else {
+                    break;
+                };
+                written = sink.feed(frame).await;
+                batch += 1;
+            }
+            if let Err(error) = written.and(sink.flush().await) {
+                debug!(connection = %self.id, %error, "websocket write failed");
+                return Exit::PeerGone;
+            }
+        }
+    }
+
+    /// Queues a ping every interval; never finishes by itself.
+    async fn ping(&self) -> Exit {
+        let interval = self.hub.config().ping_interval;
+        loop {
+            (self.sleep)(interval).await;
+            self.reply(Message::Ping(Default::default()));
+        }
+    }
+}
