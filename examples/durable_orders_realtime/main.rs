@@ -1,1 +1,138 @@
-fn main() {}
+//! The durable orders service on warp, with live events over WebSocket.
+//!
+//! ```text
+//! cargo run --example durable_orders_realtime -- --help
+//! ```
+//!
+//! `POST /orders` with an `Idempotency-Key` creates an order once per key and broadcasts
+//! `order.created` to every WebSocket client; retries replay the stored answer. Records
+//! live in a file store, so a restarted service still replays them.
+
+mod app;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use cnerium::realtime::{Hub, RealtimeConfig};
+use cnerium::stores::FileStore;
+use cnerium::{Engine, EngineConfig, SystemClock};
+use tracing::{error, info, warn};
+
+const SERVICE: &str = "durable-orders-realtime";
+
+/// The durable orders service: POST /orders runs once per Idempotency-Key.
+#[derive(Debug, Parser)]
+#[command(name = "durable_orders_realtime", version)]
+struct Args {
+    /// Address of the HTTP server (port 0 picks a free port).
+    #[arg(long = "http", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+
+    /// Address of the realtime WebSocket listener, served on path /ws (port 0 picks a free
+    /// port).
+    #[arg(
+        long = "realtime",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
+    realtime: SocketAddr,
+
+    /// Directory where records are kept.
+    #[arg(long = "data-dir", value_name = "PATH", default_value = "data/cnerium")]
+    data_dir: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let store = FileStore::open(&args.data_dir).map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
+
+    let hub = Hub::new(RealtimeConfig::default());
+    let realtime = cnerium::realtime::tokio::Listener::bind(args.realtime, hub.clone())
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen for WebSocket clients on {}: {e}",
+                args.realtime
+            )
+        })?;
+    let realtime_addr = realtime.local_addr();
+
+    let engine = Engine::with_parts(
+        store.clone(),
+        Arc::new(hub.clone()),
+        Arc::new(SystemClock),
+        EngineConfig::default(),
+    );
+    match engine.recover().await {
+        Ok(0) => {}
+        Ok(n) => info!(events = n, "published events left pending by the last run"),
+        Err(e) => warn!(error = %e, "could not publish pending events; they stay pending"),
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .map_err(|e| format!("cannot listen for HTTP on {}: {e}", args.http))?;
+    let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+
+    println!(
+        "{SERVICE}: http://{http_addr} (POST /orders, GET /health), realtime \
+         ws://{realtime_addr}/ws, data in {}",
+        args.data_dir.display()
+    );
+
+    let maintenance = tokio::spawn(purge_periodically(engine.clone()));
+    let realtime_task = tokio::spawn(realtime.run_until(shutdown_signal()));
+
+    warp::serve(app::routes(&engine, SERVICE))
+        .incoming(listener)
+        .graceful(shutdown_signal())
+        .run()
+        .await;
+
+    maintenance.abort();
+    realtime_task.abort();
+    drop(engine);
+    info!("stopped");
+    Ok(())
+}
+
+async fn purge_periodically(engine: Engine) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = engine.purge_expired().await {
+            warn!(error = %e, "purging expired records failed; will retry");
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // Without a signal handler the service runs until killed.
+        std::future::pending::<()>().await;
+    }
+}

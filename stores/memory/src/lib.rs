@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
-    RecordKey, RecordState, Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
+    RecordState, Store, StoreError, Timestamp,
 };
 
 /// Records in memory.

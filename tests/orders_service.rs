@@ -1,0 +1,287 @@
+//! The durable orders example, run as a real process and driven over real sockets.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Service, WsClient, client, post_order};
+
+const EXAMPLE: &str = "durable_orders_realtime";
+const ORDER_P1: &str = r#"{"product_id":"p1","quantity":2}"#;
+const ORDER_P2: &str = r#"{"product_id":"p2","quantity":1}"#;
+
+/// Waiting time for an event that must not come.
+const QUIET: Duration = Duration::from_millis(700);
+
+async fn parts(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.expect("read body").to_vec();
+    (status, headers, body)
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).expect("body is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn walkthrough_creates_replays_and_refuses_a_reused_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(EXAMPLE, dir.path());
+    let http = client();
+
+    let health = http.get(service.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
+    let (status, headers, first) =
+        parts(post_order(&http, &service, Some("order-123"), ORDER_P1).await).await;
+    assert_eq!(status, 201);
+    assert!(headers.get("idempotent-replayed").is_none());
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(
+        json(&first),
+        serde_json::json!({"ok": true, "order_id": "ord_order-123", "product_id": "p1", "quantity": 2})
+    );
+
+    let (status, headers, replay) =
+        parts(post_order(&http, &service, Some("order-123"), ORDER_P1).await).await;
+    assert_eq!(status, 201);
+    assert_eq!(replay, first, "a replay is byte-identical");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(headers["content-type"], "application/json");
+
+    let (status, headers, conflict) =
+        parts(post_order(&http, &service, Some("order-123"), ORDER_P2).await).await;
+    assert_eq!(status, 409);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let problem = json(&conflict);
+    assert_eq!(problem["status"], 409);
+    assert_eq!(
+        problem["type"],
+        "urn:cnerium:problem:idempotency-key-reused"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("different request")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reserialized_json_replays_instead_of_conflicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(EXAMPLE, dir.path());
+    let http = client();
+
+    let (status, _, first) =
+        parts(post_order(&http, &service, Some("k-json"), ORDER_P1).await).await;
+    assert_eq!(status, 201);
+    let reordered = "{ \"quantity\": 2,\n  \"product_id\": \"p1\" }";
+    let (status, headers, replay) =
+        parts(post_order(&http, &service, Some("\"k-json\""), reordered).await).await;
+    assert_eq!(status, 201);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replay, first);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_client_gets_one_event_per_order_and_none_for_replays_or_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(EXAMPLE, dir.path());
+    let http = client();
+
+    let mut in_room = WsClient::connect(&format!("{}?room=orders", service.ws)).await;
+    in_room.join("orders-watchers").await;
+    let mut no_room = WsClient::connect(&service.ws).await;
+    no_room.join("lobby").await;
+
+    assert_eq!(
+        post_order(&http, &service, Some("order-123"), ORDER_P1)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        post_order(&http, &service, Some("order-123"), ORDER_P1)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        post_order(&http, &service, Some("order-123"), ORDER_P2)
+            .await
+            .status(),
+        409
+    );
+
+    for client in [&mut in_room, &mut no_room] {
+        let events = client.events_within(QUIET * 2).await;
+        assert_eq!(events.len(), 1, "exactly one event, got {events:?}");
+        let event = &events[0];
+        assert_eq!(event["type"], "order.created");
+        assert!(
+            event.get("room").is_none(),
+            "a broadcast has no room: {event}"
+        );
+        assert!(event["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert_eq!(
+            event["payload"],
+            serde_json::json!({"order_id": "ord_order-123", "product_id": "p1", "quantity": 2})
+        );
+        let ts = event["ts"].as_str().expect("ts is a string");
+        assert!(
+            ts.ends_with('Z') && ts.contains('T'),
+            "ts is RFC 3339: {ts}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_identical_first_requests_run_the_handler_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(EXAMPLE, dir.path());
+    let mut watcher = WsClient::connect(&service.ws).await;
+    watcher.join("lobby").await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let http = client();
+        let url = service.url("/orders");
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "burst-1")
+                .body(ORDER_P1)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.bytes().await.unwrap().to_vec())
+        }));
+    }
+    let mut created = Vec::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            201 => created.push(body),
+            409 => {
+                let problem = json(&body);
+                assert_eq!(
+                    problem["type"], "urn:cnerium:problem:request-in-progress",
+                    "{problem}"
+                );
+            }
+            other => panic!(
+                "unexpected status {other}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+    }
+    assert!(
+        !created.is_empty(),
+        "at least the first request gets its 201"
+    );
+    assert!(
+        created.windows(2).all(|w| w[0] == w[1]),
+        "every 201 carries the same bytes"
+    );
+
+    let events = watcher.events_within(QUIET * 2).await;
+    assert_eq!(events.len(), 1, "the handler ran once: {events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(EXAMPLE, dir.path());
+    let http = client();
+
+    let (status, headers, body) = parts(post_order(&http, &service, None, ORDER_P1).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(
+        json(&body)["type"],
+        "urn:cnerium:problem:missing-idempotency-key"
+    );
+
+    let long = "k".repeat(256);
+    for key in ["", "a b", "\"unterminated", long.as_str(), "a,b"] {
+        let (status, _, body) = parts(post_order(&http, &service, Some(key), ORDER_P1).await).await;
+        assert_eq!(status, 400, "key {key:?}");
+        assert_eq!(
+            json(&body)["type"],
+            "urn:cnerium:problem:invalid-idempotency-key"
+        );
+    }
+
+    let huge = format!(
+        r#"{{"product_id":"{}","quantity":1}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let (status, _, body) = parts(post_order(&http, &service, Some("big-1"), &huge).await).await;
+    assert_eq!(status, 413);
+    assert_eq!(json(&body)["type"], "urn:cnerium:problem:body-too-large");
+
+    // Nothing was stored under the key of the refused body: it is new.
+    let response = post_order(&http, &service, Some("big-1"), ORDER_P1).await;
+    assert_eq!(response.status(), 201);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_validation_errors_replay_and_block_a_corrected_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(EXAMPLE, dir.path());
+    let http = client();
+    let bad = r#"{"product_id":"p1","quantity":0}"#;
+
+    let (status, _, first) = parts(post_order(&http, &service, Some("v-1"), bad).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        json(&first)["detail"],
+        "Field quantity must be greater than zero"
+    );
+
+    let (status, headers, replay) =
+        parts(post_order(&http, &service, Some("v-1"), bad).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replay, first);
+
+    let (status, _, _) = parts(post_order(&http, &service, Some("v-1"), ORDER_P1).await).await;
+    assert_eq!(status, 409);
+
+    let (status, _, body) =
+        parts(post_order(&http, &service, Some("v-2"), r#"{"quantity":1}"#).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(json(&body)["detail"], "Missing required field: product_id");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_process_replays_without_running_the_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+
+    let mut first_run = Service::start(EXAMPLE, dir.path());
+    let (status, _, first) =
+        parts(post_order(&http, &first_run, Some("restart-1"), ORDER_P1).await).await;
+    assert_eq!(status, 201);
+    first_run.kill();
+
+    let second_run = Service::start(EXAMPLE, dir.path());
+    let mut watcher = WsClient::connect(&second_run.ws).await;
+    watcher.join("lobby").await;
+    let (status, headers, replay) =
+        parts(post_order(&http, &second_run, Some("restart-1"), ORDER_P1).await).await;
+    assert_eq!(status, 201);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replay, first);
+    let events = watcher.events_within(QUIET).await;
+    assert!(
+        events.is_empty(),
+        "a replay after restart emits nothing: {events:?}"
+    );
+}
