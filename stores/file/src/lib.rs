@@ -1,1 +1,32 @@
-//! placeholder
+//! The durable embedded store of Cnerium: records in append-only, checksummed log segments,
+//! an index of them in memory.
+//!
+//! ```no_run
+//! use cnerium_store_file::{FileStore, DEFAULT_DIR};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = FileStore::open(DEFAULT_DIR)?;
+//! // ... hand `store` to the engine, serve ...
+//! store.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See [`FileStore`] for what survives a crash, and [`format`] for the bytes on disk.
+
+mod compactor;
+mod error;
+pub mod format;
+mod index;
+mod lock;
+mod options;
+mod reader;
+mod recovery;
+mod segment;
+mod shared;
+mod store;
+mod writer;
+
+pub use error::OpenError;
+pub use options::{FileStoreOptions, SyncMode};
+pub use store::{DEFAULT_DIR, FileStore, FileStoreStats};

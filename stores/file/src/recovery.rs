@@ -1,0 +1,222 @@
+//! Opening a data directory: rebuilding the index from the segments.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, warn};
+
+use crate::error::OpenError;
+use crate::format::{self, FORMAT_VERSION, SEGMENT_HEADER_LEN, Summary};
+use crate::index::{Committed, Index, Location};
+use crate::options::FileStoreOptions;
+use crate::segment::{self, Found};
+use crate::shared::FENCE_BLOCK;
+
+/// How far past the highest fence in the log the store starts when the fence file is
+/// missing or unreadable: far enough that no fence granted since the last reservation can
+/// be reached again.
+const LOST_RESERVATION_MARGIN: u64 = 1 << 32;
+
+/// What opening found.
+pub(crate) struct Recovered {
+    pub(crate) index: Index,
+    pub(crate) files: HashMap<u32, Arc<File>>,
+    pub(crate) active_id: u32,
+    pub(crate) active: Arc<File>,
+    pub(crate) active_len: u64,
+    pub(crate) next_segment: u32,
+    pub(crate) reserved: u64,
+}
+
+/// Reads every segment of `dir` into a fresh index, cuts torn tails, reserves fences and
+/// picks the segment to append to.
+pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovered, OpenError> {
+    let started = Instant::now();
+    let sync = options.sync_mode() == crate::options::SyncMode::Always;
+    let (ids, leftovers) = segment::list(dir).map_err(|e| OpenError::io("list", dir, e))?;
+    for path in leftovers {
+        // An interrupted compaction's output: its records are still in the old segments.
+        match fs::remove_file(&path) {
+            Ok(()) => debug!(path = %path.display(), "removed an unfinished segment"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(OpenError::io("remove", path, e)),
+        }
+    }
+
+    let mut index = Index::default();
+    let mut files = HashMap::new();
+    let mut lengths = HashMap::new();
+    let mut unmatched_markers: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut buf = Vec::new();
+    for &id in &ids {
+        let path = segment::segment_path(dir, id);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| OpenError::io("open", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| OpenError::io("inspect", &path, e))?
+            .len();
+        segment::read_all(&file, len, &mut buf).map_err(|e| OpenError::io("read", &path, e))?;
+
+        let start = match format::segment_version(&buf) {
+            Some(FORMAT_VERSION) => SEGMENT_HEADER_LEN,
+            Some(version) => return Err(OpenError::UnsupportedFormat { path, version }),
+            None => 0,
+        };
+        let mut torn_at = None;
+        segment::scan(&buf, start, |found| match found {
+            Found::Frame {
+                offset,
+                len,
+                payload,
+            } => match format::summarize(payload) {
+                Ok(Summary::Record(record)) => {
+                    let location = Location {
+                        segment: id,
+                        len: u32::try_from(len).unwrap_or(u32::MAX),
+                        offset: offset as u64,
+                    };
+                    index.recover_record(
+                        record.key,
+                        Committed {
+                            location,
+                            fence: record.fence,
+                            expires_at: record.expires_at,
+                            completed_at: record.completed_at,
+                            has_events: record.has_events,
+                            published: record.events_published,
+                        },
+                    );
+                }
+                Ok(Summary::Published { key, fence }) => {
+                    if !index.recover_published(key, fence) {
+                        unmatched_markers.push((key.to_vec(), fence));
+                    }
+                }
+                Err(e) => warn!(
+                    path = %path.display(),
+                    offset,
+                    error = %e,
+                    "skipped an entry this build cannot read"
+                ),
+            },
+            Found::Corrupt {
+                offset,
+                len,
+                to_end,
+            } => {
+                warn!(
+                    path = %path.display(),
+                    offset,
+                    skipped = len,
+                    torn_tail = to_end,
+                    "skipped corrupt bytes in a segment; records after them were recovered"
+                );
+                if to_end {
+                    torn_at = Some(offset as u64);
+                }
+            }
+        });
+
+        let mut len = len;
+        if len < SEGMENT_HEADER_LEN as u64 {
+            // Created but never written: give it its header so appends land after one.
+            file.set_len(0)
+                .and_then(|()| file.write_all_at(&format::segment_header(), 0))
+                .map_err(|e| OpenError::io("repair", &path, e))?;
+            len = SEGMENT_HEADER_LEN as u64;
+        } else if let Some(at) = torn_at {
+            // Nothing valid follows: a write that never finished. Cut it so appends do not
+            // leave it in the middle of the segment.
+            let at = at.max(start as u64);
+            file.set_len(at)
+                .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+                .map_err(|e| OpenError::io("truncate", &path, e))?;
+            len = at;
+        }
+        index.add_segment_bytes(id, len);
+        lengths.insert(id, len);
+        files.insert(id, Arc::new(file));
+    }
+    for (key, fence) in unmatched_markers {
+        index.recover_published(&key, fence);
+    }
+
+    let reserved_before = match segment::read_fence(dir) {
+        Ok(Some(upto)) => Some(upto),
+        Ok(None) if ids.is_empty() => Some(1),
+        Ok(None) => {
+            warn!(
+                dir = %dir.display(),
+                "the fence file is missing; fences restart far above the highest one stored"
+            );
+            None
+        }
+        Err(e) => {
+            warn!(
+                dir = %dir.display(),
+                error = %e,
+                "the fence file is unreadable; fences restart far above the highest one stored"
+            );
+            None
+        }
+    };
+    let next_fence = match reserved_before {
+        Some(upto) => index.next_fence.max(upto).max(1),
+        None => index.next_fence.saturating_add(LOST_RESERVATION_MARGIN),
+    };
+    index.next_fence = next_fence;
+    let reserved = next_fence.saturating_add(FENCE_BLOCK);
+    segment::write_fence(dir, reserved, sync)
+        .map_err(|e| OpenError::io("write", dir.join(segment::FENCE_FILE), e))?;
+
+    let last = ids.last().copied();
+    let mut next_segment = last.map_or(1, |id| id + 1);
+    let reuse = last.filter(|id| lengths[id] < options.segment_size_bytes());
+    let (active_id, active, active_len) = match reuse {
+        Some(id) => (id, files[&id].clone(), lengths[&id]),
+        None => {
+            let id = next_segment;
+            next_segment += 1;
+            let path = segment::segment_path(dir, id);
+            let file = segment::create(&path, sync)
+                .and_then(|file| {
+                    if sync {
+                        segment::sync_dir(dir)?;
+                    }
+                    Ok(file)
+                })
+                .map_err(|e| OpenError::io("create", &path, e))?;
+            let file = Arc::new(file);
+            files.insert(id, file.clone());
+            index.add_segment_bytes(id, SEGMENT_HEADER_LEN as u64);
+            (id, file, SEGMENT_HEADER_LEN as u64)
+        }
+    };
+
+    debug!(
+        dir = %dir.display(),
+        records = index.len(),
+        segments = files.len(),
+        next_fence,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "recovered file store"
+    );
+    Ok(Recovered {
+        index,
+        files,
+        active_id,
+        active,
+        active_len,
+        next_segment,
+        reserved,
+    })
+}

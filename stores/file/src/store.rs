@@ -1,0 +1,574 @@
+//! [`FileStore`]: the handle, its threads, and the [`Store`] implementation.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use cnerium_core::{
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
+    RecordKey, Store, StoreError, Timestamp,
+};
+use futures_channel::oneshot;
+use tracing::{debug, trace};
+
+use crate::compactor::{CompactOp, Compactor};
+use crate::error::OpenError;
+use crate::format::{self, Entry, RecordEntry};
+use crate::index::{Claim, Committed, Slot};
+use crate::lock::DirLock;
+use crate::options::FileStoreOptions;
+use crate::reader::{self, Read, ReadJob};
+use crate::recovery;
+use crate::shared::{Counters, FENCE_BLOCK, Shared};
+use crate::writer::{WriteOp, Writer};
+
+/// The directory services use when the configuration names none.
+pub const DEFAULT_DIR: &str = "data/cnerium";
+
+/// Records removed per index lock hold while purging.
+const PURGE_BATCH: usize = 1024;
+
+/// The durable embedded store: records in append-only, checksummed log segments in one
+/// directory, an index of them in memory.
+///
+/// # Driving it
+///
+/// [`open`](FileStore::open) a directory once per process, hand the store to the engine (it
+/// implements [`Store`]), and [`close`](FileStore::close) it on shutdown; dropping it closes
+/// it too, blocking briefly. The store runs its own threads (one writer, one compactor,
+/// [readers](FileStoreOptions::reader_threads)) and answers through channels, so it works
+/// under any async runtime.
+///
+/// # What survives what
+///
+/// - A completion is on disk (`fdatasync`) before [`complete`](Store::complete) returns
+///   `Ok` (with the default [`SyncMode::Always`](crate::SyncMode::Always)). Concurrent
+///   completions share one sync.
+/// - Claims live only in memory. After a crash, in-progress claims are gone: a key whose
+///   owner crashed is claimable immediately after the restart, without waiting for its
+///   lease. Fences stay above every fence granted before the crash, because the store
+///   reserves them in blocks in a small `FENCE` file before granting them.
+/// - Published markers are not synced on their own; after a crash a few events may be
+///   listed as pending again. They keep their ids, so receivers can drop the repeats.
+/// - A torn or corrupted frame is detected by its checksum, logged once and skipped;
+///   every record around it is recovered.
+/// - Keys never become file names: they live only inside frames, so any scope or key bytes
+///   are safe.
+///
+/// Expired records are removed from the index by [`purge_expired`](Store::purge_expired);
+/// their bytes go when their segment is compacted, in the background once a sealed segment
+/// is mostly dead, or on [`compact`](FileStore::compact).
+#[derive(Debug)]
+pub struct FileStore {
+    shared: Arc<Shared>,
+    writer: Sender<WriteOp>,
+    compactor: Sender<CompactOp>,
+    readers: Sender<ReadJob>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    lock: Mutex<Option<DirLock>>,
+}
+
+/// Counters of a [`FileStore`], for tests, benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileStoreStats {
+    /// `fdatasync` calls made for batches of writes.
+    pub syncs: u64,
+    /// Batches written: each is one write and at most one sync.
+    pub batches: u64,
+    /// Completions committed.
+    pub commits: u64,
+    /// Compaction runs that rewrote at least one segment.
+    pub compactions: u64,
+    /// Segment files in the directory.
+    pub segments: usize,
+    /// Records in the index: claims and completions, expired ones until purged.
+    pub records: usize,
+}
+
+/// What a claim decided while holding the index lock.
+enum Decision {
+    Granted(ClaimOutcome),
+    Existing(Record),
+    /// A live completed record: its frame is read after the lock is released.
+    Stored(Read, Committed),
+    /// Every reserved fence is used; wait for the writer to reserve more.
+    NeedFences,
+}
+
+impl FileStore {
+    /// Opens (creating if needed) the data directory `dir` with default options.
+    ///
+    /// Blocks while it reads the segments: call it before serving, or on a blocking
+    /// thread. Fails when another store holds the directory, naming the holder's pid.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_with(dir, FileStoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the data directory `dir` with `options`.
+    pub fn open_with(dir: impl AsRef<Path>, options: FileStoreOptions) -> Result<Self, OpenError> {
+        let dir = dir.as_ref();
+        if let Some(problem) = options.problem() {
+            return Err(OpenError::InvalidOptions(problem));
+        }
+        fs::create_dir_all(dir).map_err(|e| OpenError::io("create", dir, e))?;
+        let lock = DirLock::acquire(dir)?;
+        let recovered = recovery::recover(dir, &options)?;
+
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            options,
+            index: Mutex::new(recovered.index),
+            files: RwLock::new(recovered.files),
+            reserved: AtomicU64::new(recovered.reserved),
+            reserve_requested: AtomicBool::new(false),
+            active_segment: AtomicU32::new(recovered.active_id),
+            next_segment: AtomicU32::new(recovered.next_segment),
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+
+        let spawn_error = |e| OpenError::io("start a thread for", dir, e);
+        let (readers, mut threads) =
+            reader::spawn(shared.options.readers()).map_err(spawn_error)?;
+        let (compactor_tx, compactor_rx) = mpsc::channel();
+        let compactor = Compactor::new(shared.clone(), compactor_rx);
+        threads.push(
+            std::thread::Builder::new()
+                .name("cnerium-file-compact".into())
+                .spawn(move || compactor.run())
+                .map_err(spawn_error)?,
+        );
+        let (writer_tx, writer_rx) = mpsc::channel();
+        let writer = Writer::new(
+            shared.clone(),
+            writer_rx,
+            compactor_tx.clone(),
+            recovered.active,
+            recovered.active_id,
+            recovered.active_len,
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("cnerium-file-write".into())
+                .spawn(move || writer.run())
+                .map_err(spawn_error)?,
+        );
+        // Old segments may already be mostly dead.
+        let _ = compactor_tx.send(CompactOp::Nudge);
+
+        debug!(dir = %dir.display(), "opened file store");
+        Ok(Self {
+            shared,
+            writer: writer_tx,
+            compactor: compactor_tx,
+            readers,
+            threads: Mutex::new(threads),
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> FileStoreStats {
+        let counters = &self.shared.counters;
+        FileStoreStats {
+            syncs: counters.syncs.load(Ordering::Relaxed),
+            batches: counters.batches.load(Ordering::Relaxed),
+            commits: counters.commits.load(Ordering::Relaxed),
+            compactions: counters.compactions.load(Ordering::Relaxed),
+            segments: self.shared.segment_count(),
+            records: self.shared.index().len(),
+        }
+    }
+
+    /// Seals the active segment and rewrites every sealed segment that holds bytes of
+    /// purged, replaced or published-over entries, then deletes the old files. Returns the
+    /// bytes freed. Claims, lookups and completions continue meanwhile.
+    pub async fn compact(&self) -> Result<u64, StoreError> {
+        self.ensure_open()?;
+        let (done, seal) = oneshot::channel();
+        self.writer
+            .send(WriteOp::Seal { done })
+            .map_err(|_| closed())?;
+        seal.await.map_err(|_| closed())??;
+        let (done, compacted) = oneshot::channel();
+        self.compactor
+            .send(CompactOp::Compact { done })
+            .map_err(|_| closed())?;
+        compacted.await.map_err(|_| closed())?
+    }
+
+    /// Flushes and syncs what is written, stops the store's threads and releases the
+    /// directory lock. Later calls on the store fail; closing twice does nothing.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if self.shared.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (done, stopped) = oneshot::channel();
+        if self.compactor.send(CompactOp::Shutdown { done: Some(done) }).is_ok() {
+            let _ = stopped.await;
+        }
+        let (done, flushed) = oneshot::channel();
+        let result = match self.writer.send(WriteOp::Shutdown { done: Some(done) }) {
+            Ok(()) => flushed.await.unwrap_or_else(|_| Ok(())),
+            Err(_) => Ok(()),
+        };
+        self.stop_threads();
+        debug!(dir = %self.shared.dir.display(), "closed file store");
+        result
+    }
+
+    /// Stops every thread (they have been told to, or are told here) and drops the lock.
+    fn stop_threads(&self) {
+        let _ = self.compactor.send(CompactOp::Shutdown { done: None });
+        let _ = self.writer.send(WriteOp::Shutdown { done: None });
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for _ in 0..threads.len() {
+            let _ = self.readers.send(ReadJob::Stop);
+        }
+        for thread in threads {
+            // A thread that panicked has nothing left to clean up.
+            let _ = thread.join();
+        }
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn ensure_open(&self) -> Result<(), StoreError> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        Ok(())
+    }
+
+    /// Reads frames on the reader threads.
+    async fn read(&self, reads: Vec<Read>) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (done, results) = oneshot::channel();
+        self.readers
+            .send(ReadJob::Frames { reads, done })
+            .map_err(|_| closed())?;
+        let results = results.await.map_err(|_| closed())?;
+        results
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::with_source("cannot read a stored record", e))
+    }
+
+    /// Decodes a stored record frame and checks it is the one the index named.
+    fn decode_stored(
+        &self,
+        frame: &[u8],
+        key: &[u8],
+        committed: &Committed,
+    ) -> Result<RecordEntry, StoreError> {
+        let location = committed.location;
+        let unreadable = |what: String| {
+            StoreError::new(format!(
+                "stored record at offset {} of segment {} is unreadable: {what}",
+                location.offset,
+                crate::segment::segment_path(&self.shared.dir, location.segment).display(),
+            ))
+        };
+        match format::decode_frame(frame) {
+            Ok(Entry::Record(mut record))
+                if record.fence.0 == committed.fence && record.key.encode() == key =>
+            {
+                record.events_published = committed.published;
+                Ok(*record)
+            }
+            Ok(_) => Err(unreadable("it belongs to another record".into())),
+            Err(e) => Err(unreadable(e.to_string())),
+        }
+    }
+
+    async fn read_stored(&self, read: Read, key: &[u8], c: Committed) -> Result<Record, StoreError> {
+        let frames = self.read(vec![read]).await?;
+        let frame = frames.first().map(Vec::as_slice).unwrap_or_default();
+        Ok(self.decode_stored(frame, key, &c)?.into_record())
+    }
+
+    fn frame_read(&self, committed: &Committed) -> Result<Read, StoreError> {
+        let location = committed.location;
+        let file = self.shared.file(location.segment).ok_or_else(|| {
+            StoreError::new(format!(
+                "segment {} of a stored record is missing",
+                location.segment
+            ))
+        })?;
+        Ok(Read {
+            file,
+            offset: location.offset,
+            len: location.len,
+        })
+    }
+
+    fn decide(&self, request: &ClaimRequest, key: &[u8]) -> Result<Decision, StoreError> {
+        let now = request.now.as_millis();
+        let mut index = self.shared.index();
+        index.observe(request.now);
+
+        let takeover = match index.slot(key) {
+            None => false,
+            Some(Slot::Claimed(claim)) => {
+                let record = claim.record();
+                if claim.committing || !record.is_claimable(request.now) {
+                    return Ok(Decision::Existing(record));
+                }
+                true
+            }
+            Some(Slot::Committed(committed)) => {
+                if now >= committed.expires_at {
+                    false
+                } else {
+                    let committed = *committed;
+                    return Ok(Decision::Stored(self.frame_read(&committed)?, committed));
+                }
+            }
+        };
+
+        let reserved = self.shared.reserved.load(Ordering::SeqCst);
+        let Some(fence) = index.take_fence(reserved) else {
+            return Ok(Decision::NeedFences);
+        };
+        if reserved - index.next_fence < FENCE_BLOCK / 2
+            && !self.shared.reserve_requested.swap(true, Ordering::SeqCst)
+        {
+            // Reserve ahead so that claims rarely wait; a failure shows on a later claim.
+            let _ = self.writer.send(WriteOp::Reserve { done: None });
+        }
+        let shared_key = index.shared_key(key);
+        index.insert(
+            shared_key,
+            Slot::Claimed(Box::new(Claim {
+                fingerprint: request.fingerprint,
+                fence,
+                created_at: now,
+                lease_until: request.lease_until.as_millis(),
+                expires_at: request.expires_at.as_millis(),
+                committing: false,
+            })),
+        );
+        Ok(Decision::Granted(ClaimOutcome::Claimed {
+            fence: Fence(fence),
+            takeover,
+        }))
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::new("the file store is closed")
+}
+
+impl Drop for FileStore {
+    fn drop(&mut self) {
+        if !self.shared.closed.swap(true, Ordering::SeqCst) {
+            self.stop_threads();
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FileStore {
+    async fn claim(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        self.ensure_open()?;
+        let key = request.key.encode();
+        loop {
+            match self.decide(&request, &key)? {
+                Decision::Granted(outcome) => {
+                    trace!(key = %request.key, ?outcome, "claim granted");
+                    return Ok(outcome);
+                }
+                Decision::Existing(record) => return Ok(ClaimOutcome::Existing(record)),
+                Decision::Stored(read, committed) => {
+                    let record = self.read_stored(read, &key, committed).await?;
+                    return Ok(ClaimOutcome::Existing(record));
+                }
+                Decision::NeedFences => {
+                    let (done, reserved) = oneshot::channel();
+                    self.writer
+                        .send(WriteOp::Reserve { done: Some(done) })
+                        .map_err(|_| closed())?;
+                    reserved.await.map_err(|_| closed())??;
+                }
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &RecordKey,
+        fence: Fence,
+        completion: Completion,
+    ) -> Result<(), CompleteError> {
+        self.ensure_open()?;
+        let encoded = key.encode();
+        let claim = {
+            let mut index = self.shared.index();
+            index.observe(completion.completed_at);
+            match index.claim_mut(&encoded) {
+                Some(claim) if claim.fence == fence.0 && !claim.committing => {
+                    claim.committing = true;
+                    (*claim).clone()
+                }
+                _ => {
+                    trace!(key = %key, fence = fence.0, "completion fenced off");
+                    return Err(CompleteError::Fenced);
+                }
+            }
+        };
+        let shared_key = self.shared.index().shared_key(&encoded);
+
+        let has_events = !completion.events.is_empty();
+        let entry = Entry::Record(Box::new(RecordEntry {
+            key: key.clone(),
+            fingerprint: claim.fingerprint,
+            fence,
+            created_at: Timestamp::from_millis(claim.created_at),
+            expires_at: completion.expires_at,
+            completed_at: completion.completed_at,
+            response: completion.response,
+            events: completion.events,
+            events_published: false,
+        }));
+        let frame = match format::encode_frame(&entry) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.shared.index().abort_commit(&encoded, fence.0);
+                return Err(StoreError::with_source("cannot encode the completion", e).into());
+            }
+        };
+
+        let (done, committed) = oneshot::channel();
+        let op = WriteOp::Commit {
+            key: shared_key,
+            fence: fence.0,
+            frame,
+            expires_at: completion.expires_at.as_millis(),
+            completed_at: completion.completed_at.as_millis(),
+            has_events,
+            done,
+        };
+        if self.writer.send(op).is_err() {
+            self.shared.index().abort_commit(&encoded, fence.0);
+            return Err(closed().into());
+        }
+        match committed.await {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                // The writer stopped without answering; nothing was acknowledged.
+                self.shared.index().abort_commit(&encoded, fence.0);
+                Err(closed().into())
+            }
+        }
+    }
+
+    async fn release(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
+        self.ensure_open()?;
+        let encoded = key.encode();
+        let mut index = self.shared.index();
+        let held = matches!(
+            index.slot(&encoded),
+            Some(Slot::Claimed(claim)) if claim.fence == fence.0 && !claim.committing
+        );
+        if held {
+            index.remove(&encoded);
+            trace!(key = %key, fence = fence.0, "claim released");
+        }
+        Ok(())
+    }
+
+    async fn mark_published(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
+        self.ensure_open()?;
+        let encoded = key.encode();
+        if !self.shared.index().set_published(&encoded, fence.0) {
+            return Ok(());
+        }
+        let marker = Entry::Published {
+            key: key.clone(),
+            fence,
+        };
+        let frame = format::encode_frame(&marker)
+            .map_err(|e| StoreError::with_source("cannot encode a published marker", e))?;
+        // A marker lost to a stopping writer only means the events may be listed again
+        // after a restart, which their stable ids allow.
+        let _ = self.writer.send(WriteOp::Published { frame });
+        Ok(())
+    }
+
+    async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvents>, StoreError> {
+        self.ensure_open()?;
+        let pending = self.shared.index().pending(limit);
+        let reads = pending
+            .iter()
+            .map(|(_, committed)| self.frame_read(committed))
+            .collect::<Result<Vec<_>, _>>()?;
+        let frames = self.read(reads).await?;
+        pending
+            .iter()
+            .zip(frames)
+            .map(|((key, committed), frame)| {
+                let record = self.decode_stored(&frame, key, committed)?;
+                Ok(PendingEvents {
+                    key: record.key,
+                    fence: record.fence,
+                    events: record.events,
+                })
+            })
+            .collect()
+    }
+
+    async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
+        self.ensure_open()?;
+        let encoded = key.encode();
+        let stored = {
+            let mut index = self.shared.index();
+            index.observe(now);
+            match index.slot(&encoded) {
+                None => return Ok(None),
+                Some(Slot::Claimed(claim)) => {
+                    let record = claim.record();
+                    return Ok(record.is_live(now).then_some(record));
+                }
+                Some(Slot::Committed(committed)) => {
+                    if now.as_millis() >= committed.expires_at {
+                        return Ok(None);
+                    }
+                    let committed = *committed;
+                    (self.frame_read(&committed)?, committed)
+                }
+            }
+        };
+        let (read, committed) = stored;
+        self.read_stored(read, &encoded, committed).await.map(Some)
+    }
+
+    async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.ensure_open()?;
+        let mut removed = 0;
+        loop {
+            let (count, more) = {
+                let mut index = self.shared.index();
+                index.observe(now);
+                index.purge_some(now.as_millis(), PURGE_BATCH)
+            };
+            removed += count;
+            if !more {
+                break;
+            }
+        }
+        if removed > 0 {
+            debug!(removed, now = %now, "purged expired records");
+            let _ = self.compactor.send(CompactOp::Nudge);
+        }
+        Ok(removed)
+    }
+}
