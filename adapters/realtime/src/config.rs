@@ -76,7 +76,10 @@ impl RealtimeConfig {
             ("idle_timeout", self.idle_timeout.is_zero()),
             ("max_frame_size", self.max_frame_size == 0),
             ("queue_capacity", self.queue_capacity == 0),
-            ("max_rooms_per_connection", self.max_rooms_per_connection == 0),
+            (
+                "max_rooms_per_connection",
+                self.max_rooms_per_connection == 0,
+            ),
         ];
         match zero_fields.into_iter().find(|(_, zero)| *zero) {
             Some((field, _)) => Err(ConfigError::Zero { field }),
@@ -174,7 +177,10 @@ mod tests {
         assert_eq!(refused(|c| c.host.clear()).field(), "host");
         assert_eq!(refused(|c| c.port = 0).field(), "port");
         assert_eq!(refused(|c| c.queue_capacity = 0).field(), "queue_capacity");
-        assert_eq!(refused(|c| c.idle_timeout = Duration::ZERO).field(), "idle_timeout");
+        assert_eq!(
+            refused(|c| c.idle_timeout = Duration::ZERO).field(),
+            "idle_timeout"
+        );
         assert_eq!(
             refused(|c| c.port = 0).to_string(),
             "realtime port must not be 0"

@@ -64,7 +64,10 @@ pub(crate) async fn accept<S>(
     let websocket = {
         let callback = |request: &Request, response: Response| {
             if request.uri().path() != config.path {
-                debug!(path = request.uri().path(), "refusing a handshake on a wrong path");
+                debug!(
+                    path = request.uri().path(),
+                    "refusing a handshake on a wrong path"
+                );
                 return Err(not_found());
             }
             info = Some(ConnectionInfo::new(
@@ -273,8 +276,8 @@ impl Session {
 
     /// Joins `room` for a URL parameter or a `room.join` frame and answers either way.
     fn join(&self, room: &str) {
-        let joined = protocol::check_room(room)
-            .and_then(|()| self.hub.join(self.id, &self.info, room));
+        let joined =
+            protocol::check_room(room).and_then(|()| self.hub.join(self.id, &self.info, room));
         match joined {
             Ok(()) => {
                 debug!(connection = %self.id, room = %room, "joined room");

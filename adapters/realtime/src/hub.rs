@@ -274,7 +274,11 @@ impl Hub {
         let members: Vec<Member> = {
             let mut registry = self.registry();
             registry.rooms.clear();
-            registry.connections.drain().map(|(_, member)| member).collect()
+            registry
+                .connections
+                .drain()
+                .map(|(_, member)| member)
+                .collect()
         };
         debug!(connections = members.len(), "disconnecting every client");
         for member in members {
@@ -327,7 +331,11 @@ impl Hub {
             ));
         }
         member.rooms.insert(room.to_owned());
-        registry.rooms.entry(room.to_owned()).or_default().insert(id);
+        registry
+            .rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(id);
         Ok(())
     }
 
@@ -351,7 +359,10 @@ impl Hub {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // No code that can panic runs under this lock, so a poisoned lock still holds
         // consistent data.
-        self.inner.registry.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -436,7 +447,10 @@ mod tests {
 
     #[test]
     fn bearer_token_reads_one_authorization_header() {
-        assert_eq!(info("/ws", Some("Bearer u123")).bearer_token(), Some("u123"));
+        assert_eq!(
+            info("/ws", Some("Bearer u123")).bearer_token(),
+            Some("u123")
+        );
         assert_eq!(info("/ws", Some("bearer u1")).bearer_token(), Some("u1"));
         assert_eq!(info("/ws", Some("Basic abc")).bearer_token(), None);
         assert_eq!(info("/ws", None).bearer_token(), None);
@@ -486,10 +500,20 @@ mod tests {
         let (id, _outbox) = hub.register();
         let info = info("/ws", None);
 
-        assert_eq!(hub.join(id, &info, "secret").unwrap_err().code, ErrorCode::JoinRefused);
+        assert_eq!(
+            hub.join(id, &info, "secret").unwrap_err().code,
+            ErrorCode::JoinRefused
+        );
         assert_eq!(hub.join(id, &info, "a"), Ok(()));
-        assert_eq!(hub.join(id, &info, "a"), Ok(()), "joining twice is no error");
-        assert_eq!(hub.join(id, &info, "b").unwrap_err().code, ErrorCode::TooManyRooms);
+        assert_eq!(
+            hub.join(id, &info, "a"),
+            Ok(()),
+            "joining twice is no error"
+        );
+        assert_eq!(
+            hub.join(id, &info, "b").unwrap_err().code,
+            ErrorCode::TooManyRooms
+        );
         assert_eq!(hub.room_size("a"), 1);
 
         hub.leave(id, "a");

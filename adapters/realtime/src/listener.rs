@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use futures_channel::{mpsc, oneshot};
 use futures_io::{AsyncRead, AsyncWrite};
-use futures_util::future::{self, BoxFuture, Either, FutureExt};
 use futures_util::StreamExt;
+use futures_util::future::{self, BoxFuture, Either, FutureExt};
 use tracing::{debug, warn};
 
 use crate::config::ConfigError;
@@ -100,7 +100,10 @@ impl fmt::Display for ListenError {
         match self {
             Self::Config(error) => error.fmt(f),
             Self::Bind { address, source } => {
-                write!(f, "cannot bind the realtime listener to {address}: {source}")
+                write!(
+                    f,
+                    "cannot bind the realtime listener to {address}: {source}"
+                )
             }
         }
     }

@@ -144,9 +144,7 @@ pub(crate) fn parse_request(text: &str) -> Result<Request, Refusal> {
         .get("payload")
         .and_then(|payload| payload.get("room"))
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            Refusal::new(ErrorCode::InvalidRoom, "payload.room must be a string")
-        })?;
+        .ok_or_else(|| Refusal::new(ErrorCode::InvalidRoom, "payload.room must be a string"))?;
     check_room(room)?;
     Ok(make(room.to_owned()))
 }
@@ -192,9 +190,18 @@ mod tests {
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::InvalidFrame);
         assert_eq!(code(r#"{"type":"room.dance"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":"room.join"}"#), ErrorCode::InvalidRoom);
-        assert_eq!(code(r#"{"type":"room.join","payload":{"room":1}}"#), ErrorCode::InvalidRoom);
-        assert_eq!(code(r#"{"type":"room.join","payload":{"room":""}}"#), ErrorCode::InvalidRoom);
-        let long = format!(r#"{{"type":"room.join","payload":{{"room":"{}"}}}}"#, "r".repeat(201));
+        assert_eq!(
+            code(r#"{"type":"room.join","payload":{"room":1}}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code(r#"{"type":"room.join","payload":{"room":""}}"#),
+            ErrorCode::InvalidRoom
+        );
+        let long = format!(
+            r#"{{"type":"room.join","payload":{{"room":"{}"}}}}"#,
+            "r".repeat(201)
+        );
         assert_eq!(code(&long), ErrorCode::InvalidRoom);
         assert_eq!(
             code(r#"{"type":"room.join","payload":{"room":"a\nb"}}"#),

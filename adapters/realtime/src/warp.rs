@@ -46,7 +46,11 @@ fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
 pub fn route(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     let path = hub.config().path.clone();
     let uri = ::warp::path::full()
-        .and(::warp::query::raw().or(::warp::any().map(String::new)).unify())
+        .and(
+            ::warp::query::raw()
+                .or(::warp::any().map(String::new))
+                .unify(),
+        )
         .and_then(move |full: FullPath, query: String| {
             let uri = request_uri(&path, &full, &query);
             future::ready(uri.ok_or_else(::warp::reject::not_found))
@@ -55,13 +59,17 @@ pub fn route(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection
     uri.and(::warp::ws())
         .and(::warp::header::headers_cloned())
         .and(::warp::addr::remote())
-        .map(move |uri: Uri, ws: Ws, headers: HeaderMap, peer: Option<SocketAddr>| {
-            let hub = hub.clone();
-            let max_frame_size = hub.config().max_frame_size;
-            ws.max_frame_size(max_frame_size)
-                .max_message_size(max_frame_size)
-                .on_upgrade(move |socket| serve(hub, socket, ConnectionInfo::new(uri, headers, peer)))
-        })
+        .map(
+            move |uri: Uri, ws: Ws, headers: HeaderMap, peer: Option<SocketAddr>| {
+                let hub = hub.clone();
+                let max_frame_size = hub.config().max_frame_size;
+                ws.max_frame_size(max_frame_size)
+                    .max_message_size(max_frame_size)
+                    .on_upgrade(move |socket| {
+                        serve(hub, socket, ConnectionInfo::new(uri, headers, peer))
+                    })
+            },
+        )
 }
 
 /// The request URI when `full` is the hub's path.
