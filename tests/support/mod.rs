@@ -134,13 +134,24 @@ pub struct WsClient {
 }
 
 impl WsClient {
-    /// Connects to `url` and waits until the server has registered the connection (it
-    /// answers a join of a throwaway room).
+    /// Connects to `url` and, when it names rooms (`?room=a&room=b`), waits for the
+    /// server's `room.joined` answer to each.
     pub async fn connect(url: &str) -> WsClient {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("connect WebSocket");
-        WsClient { stream }
+        let mut client = WsClient { stream };
+        let rooms = url.split_once('?').map_or(0, |(_, query)| {
+            query.split('&').filter(|pair| pair.starts_with("room=")).count()
+        });
+        for _ in 0..rooms {
+            let answer = client
+                .next_json(Duration::from_secs(10))
+                .await
+                .expect("join answer");
+            assert_eq!(answer["type"], "room.joined", "URL join answered {answer}");
+        }
+        client
     }
 
     /// Sends a text frame.
