@@ -1,1 +1,15 @@
-//! placeholder
+//! Test tools for Cnerium.
+#![warn(missing_docs)]
+
+pub mod faulty;
+mod gate;
+pub mod sim;
+pub mod sink;
+
+pub use faulty::{Call, Fault, FaultPlan, FaultyStore, StoreMethod, Trigger};
+pub use gate::{Gate, GateWait};
+pub use sim::{
+    Behaviour, HandlerRun, Outcome, RequestId, Sent, SimRequest, SimResponse, Simulation,
+    SimulationBuilder, block_on,
+};
+pub use sink::RecordingSink;
