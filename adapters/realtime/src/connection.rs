@@ -62,6 +62,8 @@ pub(crate) async fn accept<S>(
     let mut info = None;
 
     let websocket = {
+        // The error type is fixed by tungstenite's handshake callback.
+        #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| {
             if request.uri().path() != config.path {
                 debug!(

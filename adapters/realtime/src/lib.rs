@@ -21,7 +21,7 @@
 //!
 //! # Features
 //!
-//! - `tokio`: [`tokio::Listener`], a standalone listener on tokio.
+//! - `tokio`: `tokio::Listener`, a standalone listener on tokio.
 //! - `async-std`: `async_std::Listener`, the same listener on async-std 1.x.
 //! - `warp`: `warp::route`, the endpoint as a filter of the application's warp server.
 //!
@@ -56,7 +56,8 @@
 //! }));
 //!
 //! let now = Timestamp::from_system_time(std::time::SystemTime::now());
-//! let event = Event::new("order.created", Some("orders".into()), serde_json::json!({"id": 1}), now)?;
+//! let payload = serde_json::json!({"id": 1});
+//! let event = Event::new("order.created", Some("orders".into()), payload, now)?;
 //! hub.publish_event(&event);
 //!
 //! let _ = stop.send(());

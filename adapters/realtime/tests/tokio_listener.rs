@@ -21,11 +21,18 @@ async fn broadcast_reaches_every_client_in_order() {
     for _ in 0..3 {
         clients.push(connect(server.addr, "/ws").await);
     }
-    wait_until("three clients are registered", || server.hub.connection_count() == 3).await;
+    wait_until("three clients are registered", || {
+        server.hub.connection_count() == 3
+    })
+    .await;
 
     let first = event("order.created", None, json!({"order": {"id": "o1"}}));
     let second = event("order.paid", None, json!({"id": "o1"}));
-    server.hub.publish(&[first.clone(), second.clone()]).await.unwrap();
+    server
+        .hub
+        .publish(&[first.clone(), second.clone()])
+        .await
+        .unwrap();
 
     for client in &mut clients {
         assert_eq!(next_json(client).await, envelope(&first));
@@ -81,7 +88,12 @@ async fn join_and_leave_frames_change_membership_and_are_answered() {
     send_json(&mut client, leave_frame("orders")).await;
     assert_eq!(next_json(&mut client).await, left("orders"));
     assert_eq!(server.hub.room_size("orders"), 0);
-    assert_eq!(server.hub.publish_event(&event("order.created", Some("orders"), json!({}))), 0);
+    assert_eq!(
+        server
+            .hub
+            .publish_event(&event("order.created", Some("orders"), json!({}))),
+        0
+    );
     server.stop().await;
 }
 
@@ -89,7 +101,9 @@ async fn join_and_leave_frames_change_membership_and_are_answered() {
 async fn wrong_path_is_refused_at_the_handshake_with_404() {
     let server = Server::with_config(config()).await;
 
-    let refused = try_connect(server.addr, "/elsewhere", &[]).await.unwrap_err();
+    let refused = try_connect(server.addr, "/elsewhere", &[])
+        .await
+        .unwrap_err();
     match refused {
         async_tungstenite::tungstenite::Error::Http(response) => {
             assert_eq!(response.status(), 404);
@@ -113,15 +127,23 @@ fn user_rooms_for_their_owner_only(connection: &ConnectionInfo, room: &str) -> b
 
 #[tokio::test]
 async fn join_rule_refusal_answers_an_error_and_withholds_room_events() {
-    let hub = Hub::builder(config()).join_rule(user_rooms_for_their_owner_only).build();
+    let hub = Hub::builder(config())
+        .join_rule(user_rooms_for_their_owner_only)
+        .build();
     let server = Server::start(hub).await;
-    let mut owner =
-        connect_with_headers(server.addr, "/ws?room=user:123", &[("authorization", "Bearer u123")])
-            .await;
+    let mut owner = connect_with_headers(
+        server.addr,
+        "/ws?room=user:123",
+        &[("authorization", "Bearer u123")],
+    )
+    .await;
     let mut by_token = connect(server.addr, "/ws?token=u123&room=user:123").await;
-    let mut intruder =
-        connect_with_headers(server.addr, "/ws?room=user:123", &[("authorization", "Bearer u9")])
-            .await;
+    let mut intruder = connect_with_headers(
+        server.addr,
+        "/ws?room=user:123",
+        &[("authorization", "Bearer u9")],
+    )
+    .await;
 
     assert_eq!(next_json(&mut owner).await, joined("user:123"));
     assert_eq!(next_json(&mut by_token).await, joined("user:123"));
@@ -149,7 +171,10 @@ async fn bad_frames_answer_errors_and_the_connection_keeps_working() {
     client.send(Message::text("{not json")).await.unwrap();
     assert_eq!(error_code(&next_json(&mut client).await), "invalid_json");
     client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
-    assert_eq!(error_code(&next_json(&mut client).await), "binary_unsupported");
+    assert_eq!(
+        error_code(&next_json(&mut client).await),
+        "binary_unsupported"
+    );
     send_json(&mut client, json!({"type": "room.dance", "payload": {}})).await;
     assert_eq!(error_code(&next_json(&mut client).await), "unknown_type");
     send_json(&mut client, json!(["room.join"])).await;
@@ -160,7 +185,11 @@ async fn bad_frames_answer_errors_and_the_connection_keeps_working() {
     assert_eq!(error_code(&next_json(&mut client).await), "invalid_room");
     send_json(&mut client, join_frame("bell\u{7}")).await;
     assert_eq!(error_code(&next_json(&mut client).await), "invalid_room");
-    send_json(&mut client, json!({"type": "room.join", "payload": {"room": 5}})).await;
+    send_json(
+        &mut client,
+        json!({"type": "room.join", "payload": {"room": 5}}),
+    )
+    .await;
     assert_eq!(error_code(&next_json(&mut client).await), "invalid_room");
 
     send_json(&mut client, join_frame("still-here")).await;
@@ -193,9 +222,15 @@ async fn frame_over_the_limit_closes_with_1009() {
     })
     .await;
     let mut client = connect(server.addr, "/ws").await;
-    wait_until("the client is registered", || server.hub.connection_count() == 1).await;
+    wait_until("the client is registered", || {
+        server.hub.connection_count() == 1
+    })
+    .await;
 
-    let big = format!(r#"{{"type":"room.join","payload":{{"room":"{}"}}}}"#, "x".repeat(2000));
+    let big = format!(
+        r#"{{"type":"room.join","payload":{{"room":"{}"}}}}"#,
+        "x".repeat(2000)
+    );
     client.send(Message::text(big)).await.unwrap();
 
     assert_eq!(next_close(&mut client).await.code, CloseCode::Size);
@@ -227,11 +262,17 @@ async fn silent_client_is_closed_after_the_idle_timeout() {
     })
     .await;
     let mut client = connect(server.addr, "/ws").await;
-    wait_until("the client is registered", || server.hub.connection_count() == 1).await;
+    wait_until("the client is registered", || {
+        server.hub.connection_count() == 1
+    })
+    .await;
     let connected = Instant::now();
 
     assert_eq!(next_close(&mut client).await.code, CloseCode::Away);
-    assert!(connected.elapsed() >= Duration::from_millis(250), "closed before the timeout");
+    assert!(
+        connected.elapsed() >= Duration::from_millis(250),
+        "closed before the timeout"
+    );
     wait_until("the client is gone", || server.hub.connection_count() == 0).await;
     server.stop().await;
 }
@@ -247,7 +288,10 @@ async fn server_pings_at_the_configured_interval() {
 
     for _ in 0..2 {
         let message = within(client.next()).await.unwrap().unwrap();
-        assert!(matches!(message, Message::Ping(_)), "expected a ping, got {message:?}");
+        assert!(
+            matches!(message, Message::Ping(_)),
+            "expected a ping, got {message:?}"
+        );
     }
     server.stop().await;
 }
@@ -266,11 +310,17 @@ async fn client_answering_pings_is_not_idle() {
     let mut pings = 0;
     let reading = tokio::time::timeout(Duration::from_millis(900), async {
         while let Some(Ok(message)) = client.next().await {
-            assert!(matches!(message, Message::Ping(_)), "unexpected {message:?}");
+            assert!(
+                matches!(message, Message::Ping(_)),
+                "unexpected {message:?}"
+            );
             pings += 1;
         }
     });
-    assert!(reading.await.is_err(), "the server closed a client that answers pings");
+    assert!(
+        reading.await.is_err(),
+        "the server closed a client that answers pings"
+    );
     assert!(pings >= 5, "only {pings} pings");
     assert_eq!(server.hub.connection_count(), 1);
     server.stop().await;
@@ -285,7 +335,10 @@ async fn client_that_never_reads_is_dropped_while_others_get_every_event() {
     .await;
     let stalled = connect_with_small_receive_buffer(server.addr, "/ws").await;
     let mut reader = connect(server.addr, "/ws").await;
-    wait_until("both clients are registered", || server.hub.connection_count() == 2).await;
+    wait_until("both clients are registered", || {
+        server.hub.connection_count() == 2
+    })
+    .await;
 
     let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
     let reading = tokio::spawn(async move {
@@ -300,8 +353,15 @@ async fn client_that_never_reads_is_dropped_while_others_get_every_event() {
     let mut published = Vec::new();
     let mut slowest_publish = Duration::ZERO;
     while server.hub.connection_count() == 2 {
-        assert!(published.len() < 5_000, "the stalled client was never dropped");
-        let event = event("load.tick", None, json!({"n": published.len(), "pad": payload}));
+        assert!(
+            published.len() < 5_000,
+            "the stalled client was never dropped"
+        );
+        let event = event(
+            "load.tick",
+            None,
+            json!({"n": published.len(), "pad": payload}),
+        );
         let started = Instant::now();
         server.hub.publish_event(&event);
         slowest_publish = slowest_publish.max(started.elapsed());
@@ -312,7 +372,10 @@ async fn client_that_never_reads_is_dropped_while_others_get_every_event() {
     }
 
     assert!(published.len() > 8, "dropped before its queue could fill");
-    assert!(slowest_publish < Duration::from_millis(100), "publish waited {slowest_publish:?}");
+    assert!(
+        slowest_publish < Duration::from_millis(100),
+        "publish waited {slowest_publish:?}"
+    );
     let after = event("load.after", None, json!({}));
     assert_eq!(server.hub.publish_event(&after), 1);
     assert_eq!(within(received.recv()).await.unwrap(), after.to_envelope());
@@ -346,7 +409,10 @@ async fn shutdown_closes_clients_with_1001_and_stops_accepting() {
     within(stopping).await.unwrap();
 
     assert_eq!(hub.connection_count(), 0);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
 }
 
 #[tokio::test]
@@ -354,7 +420,10 @@ async fn disconnect_all_closes_every_client_with_1001() {
     let server = Server::with_config(config()).await;
     let mut first = connect(server.addr, "/ws?room=a").await;
     let mut second = connect(server.addr, "/ws").await;
-    wait_until("both clients are registered", || server.hub.connection_count() == 2).await;
+    wait_until("both clients are registered", || {
+        server.hub.connection_count() == 2
+    })
+    .await;
 
     server.hub.disconnect_all();
 
@@ -379,12 +448,18 @@ async fn configured_listener_refuses_port_zero_and_binds_a_valid_config() {
     }
 
     // Find a free port, then let the configured listener bind it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let hub = Hub::new(RealtimeConfig {
         host: "127.0.0.1".into(),
         port,
         ..config()
     });
-    let listener = cnerium_realtime::tokio::Listener::bind_configured(hub).await.unwrap();
+    let listener = cnerium_realtime::tokio::Listener::bind_configured(hub)
+        .await
+        .unwrap();
     assert_eq!(listener.local_addr().port(), port);
 }

@@ -91,7 +91,11 @@ pub async fn connect(addr: SocketAddr, path: &str) -> Client {
     try_connect(addr, path, &[]).await.unwrap()
 }
 
-pub async fn connect_with_headers(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Client {
+pub async fn connect_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Client {
     try_connect(addr, path, headers).await.unwrap()
 }
 
@@ -187,13 +191,25 @@ pub fn left(room: &str) -> Value {
 
 /// The `code` of an error frame, failing when `frame` is not one.
 pub fn error_code(frame: &Value) -> &str {
-    assert_eq!(frame["type"], "error", "expected an error frame, got {frame}");
-    assert!(frame["payload"]["message"].is_string(), "error without message: {frame}");
+    assert_eq!(
+        frame["type"], "error",
+        "expected an error frame, got {frame}"
+    );
+    assert!(
+        frame["payload"]["message"].is_string(),
+        "error without message: {frame}"
+    );
     frame["payload"]["code"].as_str().unwrap()
 }
 
 pub fn event(kind: &str, room: Option<&str>, payload: Value) -> Event {
-    Event::new(kind, room.map(str::to_owned), payload, Timestamp::from_millis(1)).unwrap()
+    Event::new(
+        kind,
+        room.map(str::to_owned),
+        payload,
+        Timestamp::from_millis(1),
+    )
+    .unwrap()
 }
 
 /// The JSON a client receives for `event`.
