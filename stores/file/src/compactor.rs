@@ -79,9 +79,9 @@ impl Compactor {
                     }
                 }
                 CompactOp::Compact { done } => {
-                    let result = self.compact(true).map_err(|e| {
-                        StoreError::with_source("compaction failed", e)
-                    });
+                    let result = self
+                        .compact(true)
+                        .map_err(|e| StoreError::with_source("compaction failed", e));
                     let _ = done.send(result);
                 }
                 CompactOp::Shutdown { done } => {
@@ -176,9 +176,7 @@ impl Compactor {
             .filter(|&(&id, usage)| {
                 let body = usage.total.saturating_sub(SEGMENT_HEADER_LEN as u64);
                 let dead = body.saturating_sub(usage.live);
-                id != active
-                    && dead > 0
-                    && (force || (usage.live as f64) < ratio * body as f64)
+                id != active && dead > 0 && (force || (usage.live as f64) < ratio * body as f64)
             })
             .map(|(&id, _)| id)
             .collect();

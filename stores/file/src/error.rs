@@ -48,7 +48,10 @@ impl OpenError {
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Locked { dir, pid: Some(pid) } => write!(
+            Self::Locked {
+                dir,
+                pid: Some(pid),
+            } => write!(
                 f,
                 "data directory {} is in use by process {pid}; stop that process or give this \
                  one another data directory (one process per directory)",

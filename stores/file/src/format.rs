@@ -229,8 +229,8 @@ pub fn encode_payload(entry: &Entry) -> Result<Vec<u8>, FormatError> {
 }
 
 fn encode_record(out: &mut Vec<u8>, record: &RecordEntry) -> Result<(), FormatError> {
-    let event_count =
-        u32::try_from(record.events.len()).map_err(|_| FormatError::Malformed("too many events"))?;
+    let event_count = u32::try_from(record.events.len())
+        .map_err(|_| FormatError::Malformed("too many events"))?;
     out.push(KIND_RECORD);
     out.push(if record.events_published {
         FLAG_EVENTS_PUBLISHED
@@ -474,7 +474,9 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         if self.bytes.len() < n {
-            return Err(FormatError::Malformed("field runs past the end of the payload"));
+            return Err(FormatError::Malformed(
+                "field runs past the end of the payload",
+            ));
         }
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
@@ -590,7 +592,10 @@ mod tests {
             for bit in 0..8 {
                 let mut corrupt = bytes.clone();
                 corrupt[at] ^= 1 << bit;
-                assert!(decode_frame(&corrupt).is_err(), "flip at byte {at} bit {bit}");
+                assert!(
+                    decode_frame(&corrupt).is_err(),
+                    "flip at byte {at} bit {bit}"
+                );
             }
         }
     }

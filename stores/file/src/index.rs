@@ -141,11 +141,13 @@ impl Index {
 
     /// Puts `slot` in place of whatever `key` held, keeping every order and count in step.
     pub(crate) fn insert(&mut self, key: Key, slot: Slot) -> Option<Slot> {
-        self.attach(&key, &slot);
-        let old = self.slots.insert(key, slot);
+        // Detach first: the new slot may share the old one's order keys (same fence).
+        let old = self.slots.remove(&*key);
         if let Some(old) = &old {
             self.detach(old);
         }
+        self.attach(&key, &slot);
+        self.slots.insert(key, slot);
         old
     }
 
@@ -379,6 +381,22 @@ mod tests {
         assert_eq!(index.usage()[&1].live, 0);
         assert_eq!(index.usage()[&2].live, 100);
         assert_eq!(index.pending(10).len(), 1);
+    }
+
+    #[test]
+    fn rewriting_a_slot_under_the_same_fence_keeps_its_orders() {
+        let mut index = Index::default();
+        let key: Key = Arc::from(&b"k"[..]);
+        index.insert(key.clone(), Slot::Committed(committed(1, 1, 10)));
+        let to = Location {
+            segment: 2,
+            len: 100,
+            offset: 16,
+        };
+        assert!(index.relocate(b"k", committed(1, 1, 10).location, to));
+        assert_eq!(index.pending(10).len(), 1);
+        assert_eq!(index.purge_some(10, 100), (1, false));
+        assert!(index.pending(10).is_empty());
     }
 
     #[test]

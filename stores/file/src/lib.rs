@@ -12,7 +12,7 @@
 //! # }
 //! ```
 //!
-//! See [`FileStore`] for what survives a crash, and [`format`] for the bytes on disk.
+//! See [`FileStore`] for what survives a crash, and [`format`](mod@format) for the bytes on disk.
 
 mod compactor;
 mod error;

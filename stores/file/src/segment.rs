@@ -22,7 +22,9 @@ pub(crate) fn segment_path(dir: &Path, id: u32) -> PathBuf {
 
 /// The path a segment is written under before it is complete.
 pub(crate) fn temporary_path(dir: &Path, id: u32) -> PathBuf {
-    dir.join(format!("{SEGMENT_PREFIX}{id:010}{SEGMENT_SUFFIX}{TMP_SUFFIX}"))
+    dir.join(format!(
+        "{SEGMENT_PREFIX}{id:010}{SEGMENT_SUFFIX}{TMP_SUFFIX}"
+    ))
 }
 
 /// What a data directory holds: segment ids in ascending order, and leftover temporary
@@ -85,8 +87,14 @@ pub(crate) fn read_fence(dir: &Path) -> io::Result<Option<u64>> {
         Err(e) => return Err(e),
     };
     let valid = bytes.len() == 20 && bytes[..8] == FENCE_MAGIC;
-    let value: [u8; 8] = bytes.get(8..16).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]);
-    let crc: [u8; 4] = bytes.get(16..20).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]);
+    let value: [u8; 8] = bytes
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or([0; 8]);
+    let crc: [u8; 4] = bytes
+        .get(16..20)
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or([0; 4]);
     if !valid || crc32fast::hash(&value) != u32::from_le_bytes(crc) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -195,7 +203,9 @@ mod tests {
                 to_end: false
             }
         );
-        assert!(matches!(seen[2], Found::Frame { offset, payload: b"two", .. } if offset == second_at));
+        assert!(
+            matches!(seen[2], Found::Frame { offset, payload: b"two", .. } if offset == second_at)
+        );
     }
 
     #[test]
@@ -205,7 +215,14 @@ mod tests {
         bytes.extend_from_slice(&torn[..torn.len() - 1]);
         let mut seen = Vec::new();
         scan(&bytes, 0, |found| seen.push(found));
-        assert!(matches!(seen[1], Found::Corrupt { offset: 15, to_end: true, .. }));
+        assert!(matches!(
+            seen[1],
+            Found::Corrupt {
+                offset: 15,
+                to_end: true,
+                ..
+            }
+        ));
     }
 
     #[test]

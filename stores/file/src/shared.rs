@@ -77,7 +77,9 @@ impl Shared {
     /// Why the store refuses writes, if it does.
     pub(crate) fn failed(&self) -> Option<StoreError> {
         let failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure.as_ref().map(|reason| StoreError::new(reason.clone()))
+        failure
+            .as_ref()
+            .map(|reason| StoreError::new(reason.clone()))
     }
 
     pub(crate) fn fail(&self, reason: String) {

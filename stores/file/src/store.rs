@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
-    RecordKey, Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
+    Store, StoreError, Timestamp,
 };
 use futures_channel::oneshot;
 use tracing::{debug, trace};
@@ -215,7 +215,11 @@ impl FileStore {
             return Ok(());
         }
         let (done, stopped) = oneshot::channel();
-        if self.compactor.send(CompactOp::Shutdown { done: Some(done) }).is_ok() {
+        if self
+            .compactor
+            .send(CompactOp::Shutdown { done: Some(done) })
+            .is_ok()
+        {
             let _ = stopped.await;
         }
         let (done, flushed) = oneshot::channel();
@@ -290,7 +294,12 @@ impl FileStore {
         }
     }
 
-    async fn read_stored(&self, read: Read, key: &[u8], c: Committed) -> Result<Record, StoreError> {
+    async fn read_stored(
+        &self,
+        read: Read,
+        key: &[u8],
+        c: Committed,
+    ) -> Result<Record, StoreError> {
         let frames = self.read(vec![read]).await?;
         let frame = frames.first().map(Vec::as_slice).unwrap_or_default();
         Ok(self.decode_stored(frame, key, &c)?.into_record())

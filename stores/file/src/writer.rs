@@ -335,7 +335,11 @@ impl Writer {
             .index()
             .add_segment_bytes(id, SEGMENT_HEADER_LEN as u64);
         self.shared.active_segment.store(id, Ordering::SeqCst);
-        debug!(sealed = self.active_id, active = id, "started a new segment");
+        debug!(
+            sealed = self.active_id,
+            active = id,
+            "started a new segment"
+        );
         self.active = file;
         self.active_id = id;
         self.active_len = SEGMENT_HEADER_LEN as u64;
