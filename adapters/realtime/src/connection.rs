@@ -222,6 +222,14 @@ struct Session {
     sleep: Sleep,
 }
 
+impl Drop for Session {
+    /// Leaves the hub even when the task is dropped midway or a join rule panics, so no
+    /// dead connection keeps receiving events.
+    fn drop(&mut self) {
+        self.hub.unregister(self.id);
+    }
+}
+
 impl Session {
     /// Reads client frames until the client leaves, goes silent, or breaks a limit.
     async fn read_frames<R, E>(&self, stream: &mut R) -> Exit

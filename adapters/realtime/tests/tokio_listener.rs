@@ -463,3 +463,32 @@ async fn configured_listener_refuses_port_zero_and_binds_a_valid_config() {
         .unwrap();
     assert_eq!(listener.local_addr().port(), port);
 }
+
+#[tokio::test]
+async fn panicking_join_rule_drops_only_that_connection() {
+    let hub = Hub::builder(config())
+        .join_rule(|_: &ConnectionInfo, room: &str| {
+            assert_ne!(room, "boom", "join rule panics on purpose");
+            true
+        })
+        .build();
+    let server = Server::start(hub).await;
+    let mut survivor = connect(server.addr, "/ws?room=calm").await;
+    assert_eq!(next_json(&mut survivor).await, joined("calm"));
+    let mut victim = connect(server.addr, "/ws").await;
+    wait_until("both clients are registered", || {
+        server.hub.connection_count() == 2
+    })
+    .await;
+
+    send_json(&mut victim, join_frame("boom")).await;
+    wait_until("the panicking connection is gone", || {
+        server.hub.connection_count() == 1
+    })
+    .await;
+
+    let after = event("calm.tick", Some("calm"), json!({}));
+    assert_eq!(server.hub.publish_event(&after), 1);
+    assert_eq!(next_json(&mut survivor).await, envelope(&after));
+    server.stop().await;
+}
