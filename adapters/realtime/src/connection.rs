@@ -46,6 +46,21 @@ pub(crate) fn websocket_config(max_frame_size: usize) -> WebSocketConfig {
         .max_message_size(Some(max_frame_size))
 }
 
+impl Hub {
+    /// Serves one client connection over `io`, a byte stream of any runtime: the opening
+    /// handshake on the configured path, then the session, until the client leaves or the
+    /// server closes it ([`Hub::disconnect_all`] closes it too).
+    ///
+    /// `sleep` is the runtime's timer, used for pings, the idle timeout and the handshake
+    /// deadline. The standalone listeners call this for each accepted socket.
+    pub async fn serve_io<S>(&self, io: S, peer_addr: Option<SocketAddr>, sleep: Sleep)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        accept(self.clone(), io, peer_addr, sleep, std::future::pending()).await;
+    }
+}
+
 /// Runs the opening handshake on `io`, then the session, until the client leaves, the
 /// server closes it, or `shutdown` completes.
 pub(crate) async fn accept<S>(

@@ -84,18 +84,3 @@ pub use connection::Sleep;
 pub use hub::{AllowAll, ConnectionInfo, Hub, HubBuilder, JoinRule};
 pub use listener::ListenError;
 pub use protocol::ErrorCode;
-
-impl Hub {
-    /// Serves one client connection over `io`, a byte stream of any runtime: the opening
-    /// handshake on the configured path, then the session, until the client leaves or the
-    /// server closes it ([`Hub::disconnect_all`] closes it too).
-    ///
-    /// `sleep` is the runtime's timer, used for pings, the idle timeout and the handshake
-    /// deadline. The standalone listeners call this for each accepted socket.
-    pub async fn serve_io<S>(&self, io: S, peer_addr: Option<std::net::SocketAddr>, sleep: Sleep)
-    where
-        S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin + Send,
-    {
-        connection::accept(self.clone(), io, peer_addr, sleep, std::future::pending()).await;
-    }
-}

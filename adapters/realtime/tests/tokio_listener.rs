@@ -492,3 +492,24 @@ async fn panicking_join_rule_drops_only_that_connection() {
     assert_eq!(next_json(&mut survivor).await, envelope(&after));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn serve_io_serves_a_socket_accepted_by_the_application() {
+    let hub = Hub::new(config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = hub.clone();
+    tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.unwrap();
+        let io = async_tungstenite::tokio::TokioAdapter::new(stream);
+        serving
+            .serve_io(io, Some(peer), cnerium_realtime::tokio::sleep)
+            .await;
+    });
+
+    let mut client = connect(addr, "/ws?room=a").await;
+    assert_eq!(next_json(&mut client).await, joined("a"));
+    let in_room = event("order.created", Some("a"), json!({}));
+    hub.publish_event(&in_room);
+    assert_eq!(next_json(&mut client).await, envelope(&in_room));
+}
