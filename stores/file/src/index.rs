@@ -345,11 +345,23 @@ impl Index {
                     self.set_published(key, committed.fence);
                 }
             }
-            _ => {
+            Some(_) => {
                 let key = self.shared_key(key);
                 self.insert(key, Slot::Committed(committed));
             }
+            None => {
+                // The common case at open: one hash lookup above, one insert here.
+                let key: Key = Arc::from(key);
+                let slot = Slot::Committed(committed);
+                self.attach(&key, &slot);
+                self.slots.insert(key, slot);
+            }
         }
+    }
+
+    /// Makes room for `additional` more keys without rehashing.
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        self.slots.reserve(additional);
     }
 }
 
