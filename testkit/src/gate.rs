@@ -235,12 +235,16 @@ impl Future for Sleep {
 }
 
 /// Yields once to the executor, waking itself, so that other tasks may interleave.
-pub(crate) fn yield_now() -> YieldNow {
+///
+/// Handy inside a store under test, to widen a race window on purpose.
+pub fn yield_now() -> YieldNow {
     YieldNow { yielded: false }
 }
 
 /// The future of [`yield_now`].
-pub(crate) struct YieldNow {
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct YieldNow {
     yielded: bool,
 }
 
