@@ -230,6 +230,8 @@ impl Compactor {
                                 keep.push((offset, len, None));
                             }
                         }
+                        // The active segment holds the latest watermark.
+                        Summary::Purged { .. } => {}
                     }
                 }
             }

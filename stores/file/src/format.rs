@@ -7,11 +7,23 @@
 //! magic (4 bytes) | payload length (u32 LE) | CRC-32 of length and payload (u32 LE) | payload
 //! ```
 //!
-//! and its payload is one [`Entry`]: a completed record, a marker that a record's events were
-//! published, nothing else. Every field is fixed-width little endian or length-prefixed
-//! (`u32` length, then the bytes), so a reader never guesses. The checksum covers the length
-//! as well as the payload: a torn write or a flipped bit anywhere in a frame makes it fail,
-//! and recovery skips to the next magic instead of replaying it.
+//! and its payload is one [`Entry`]. Every field is fixed-width little endian or
+//! length-prefixed (`bytes` below: a `u32` length, then the bytes), so a reader never
+//! guesses:
+//!
+//! ```text
+//! record     1 | flags u8 (bit 0: events published) | fence u64 | created_at u64
+//!              | expires_at u64 | completed_at u64 | fingerprint version u8 | digest [32]
+//!              | event count u32 | key bytes (RecordKey::encode) | status u16
+//!              | header count u32 | (name bytes, value bytes)* | body bytes
+//!              | (id bytes, type bytes, room tag u8 [room bytes], payload JSON bytes, ts u64)*
+//! published  2 | fence u64 | key bytes
+//! purged     3 | upto u64 (records expiring at or before it were purged)
+//! ```
+//!
+//! Times are milliseconds since the Unix epoch. The checksum covers the length as well as
+//! the payload: a torn write or a flipped bit anywhere in a frame makes it fail, and recovery
+//! skips to the next frame magic instead of replaying it.
 //!
 //! Decoding never panics, whatever the input: [`decode_frame`] and [`decode_payload`] are
 //! what a fuzzer should drive.
@@ -44,6 +56,7 @@ pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
 
 const KIND_RECORD: u8 = 1;
 const KIND_PUBLISHED: u8 = 2;
+const KIND_PURGED: u8 = 3;
 
 const FLAG_EVENTS_PUBLISHED: u8 = 1;
 
@@ -140,6 +153,11 @@ pub enum Entry {
         /// Which completion of it.
         fence: Fence,
     },
+    /// Records expiring at or before `upto` were purged; recovery does not bring them back.
+    Purged {
+        /// The purge's `now`.
+        upto: Timestamp,
+    },
 }
 
 /// The fixed part of a record payload, read without decoding the response: what recovery
@@ -159,6 +177,7 @@ pub(crate) struct RecordSummary<'a> {
 pub(crate) enum Summary<'a> {
     Record(RecordSummary<'a>),
     Published { key: &'a [u8], fence: u64 },
+    Purged { upto: u64 },
 }
 
 /// The 16-byte header that starts every segment file.
@@ -218,6 +237,10 @@ pub fn encode_payload(entry: &Entry) -> Result<Vec<u8>, FormatError> {
             out.push(KIND_PUBLISHED);
             out.extend_from_slice(&fence.0.to_le_bytes());
             push_bytes(&mut out, &key.encode())?;
+        }
+        Entry::Purged { upto } => {
+            out.push(KIND_PURGED);
+            out.extend_from_slice(&upto.as_millis().to_le_bytes());
         }
     }
     if out.len() > MAX_PAYLOAD_LEN {
@@ -326,6 +349,9 @@ pub fn decode_payload(payload: &[u8]) -> Result<Entry, FormatError> {
             let key = decode_key(r.bytes()?)?;
             Entry::Published { key, fence }
         }
+        KIND_PURGED => Entry::Purged {
+            upto: Timestamp::from_millis(r.u64()?),
+        },
         _ => return Err(FormatError::Malformed("unknown entry kind")),
     };
     r.finish()?;
@@ -428,6 +454,11 @@ pub(crate) fn summarize(payload: &[u8]) -> Result<Summary<'_>, FormatError> {
             let key = r.bytes()?;
             r.finish()?;
             Ok(Summary::Published { key, fence })
+        }
+        KIND_PURGED => {
+            let upto = r.u64()?;
+            r.finish()?;
+            Ok(Summary::Purged { upto })
         }
         _ => Err(FormatError::Malformed("unknown entry kind")),
     }
@@ -583,6 +614,19 @@ mod tests {
         };
         let bytes = encode_frame(&entry).unwrap();
         assert_eq!(decode_frame(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn purge_watermarks_round_trip() {
+        let entry = Entry::Purged {
+            upto: Timestamp::from_millis(77),
+        };
+        let bytes = encode_frame(&entry).unwrap();
+        assert_eq!(decode_frame(&bytes).unwrap(), entry);
+        assert_eq!(
+            summarize(&bytes[FRAME_HEADER_LEN..]),
+            Ok(Summary::Purged { upto: 77 })
+        );
     }
 
     #[test]

@@ -106,18 +106,11 @@ pub(crate) struct Index {
     usage: HashMap<u32, SegmentUsage>,
     /// The next fence to grant.
     pub(crate) next_fence: u64,
-    /// The latest time any caller reported: the store's idea of "now" where the trait
-    /// passes none.
-    pub(crate) now: u64,
 }
 
 impl Index {
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
-    }
-
-    pub(crate) fn observe(&mut self, now: Timestamp) {
-        self.now = self.now.max(now.as_millis());
     }
 
     pub(crate) fn slot(&self, key: &[u8]) -> Option<&Slot> {
@@ -221,13 +214,13 @@ impl Index {
         updated.has_events
     }
 
-    /// Up to `limit` committed records with unpublished events, live at the latest known
-    /// time, oldest first.
+    /// Up to `limit` committed records with unpublished events, oldest first. Expired
+    /// records count until they are purged, as in the reference store.
     pub(crate) fn pending(&self, limit: usize) -> Vec<(Key, Committed)> {
         self.pending
             .values()
             .filter_map(|key| match self.slots.get(key) {
-                Some(Slot::Committed(c)) if c.expires_at > self.now => Some((key.clone(), *c)),
+                Some(Slot::Committed(c)) => Some((key.clone(), *c)),
                 _ => None,
             })
             .take(limit)
@@ -336,7 +329,6 @@ impl Index {
     /// Recovery: a record frame found on disk. The highest fence per key wins; a copy of
     /// the same completion (left by an interrupted compaction) only adds its published flag.
     pub(crate) fn recover_record(&mut self, key: &[u8], committed: Committed) {
-        self.now = self.now.max(committed.completed_at);
         self.next_fence = self.next_fence.max(committed.fence.saturating_add(1));
         match self.slots.get(key) {
             Some(slot) if slot.fence() > committed.fence => {}

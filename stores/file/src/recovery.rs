@@ -31,6 +31,7 @@ pub(crate) struct Recovered {
     pub(crate) active_len: u64,
     pub(crate) next_segment: u32,
     pub(crate) reserved: u64,
+    pub(crate) purged_upto: u64,
 }
 
 /// Reads every segment of `dir` into a fresh index, cuts torn tails, reserves fences and
@@ -52,6 +53,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     let mut files = HashMap::new();
     let mut lengths = HashMap::new();
     let mut unmatched_markers: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut purged_upto = 0;
     let mut buf = Vec::new();
     index.reserve(estimate_records(dir, &ids));
     for &id in &ids {
@@ -102,6 +104,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
                         unmatched_markers.push((key.to_vec(), fence));
                     }
                 }
+                Ok(Summary::Purged { upto }) => purged_upto = purged_upto.max(upto),
                 Err(e) => warn!(
                     path = %path.display(),
                     offset,
@@ -150,6 +153,15 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     for (key, fence) in unmatched_markers {
         index.recover_published(&key, fence);
     }
+    // Purged records stay purged, even where compaction has not dropped their frames yet.
+    let mut purged = 0;
+    loop {
+        let (count, more) = index.purge_some(purged_upto, 64 * 1024);
+        purged += count;
+        if !more {
+            break;
+        }
+    }
 
     let reserved_before = match segment::read_fence(dir) {
         Ok(Some(upto)) => Some(upto),
@@ -182,13 +194,29 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     let last = ids.last().copied();
     let mut next_segment = last.map_or(1, |id| id + 1);
     let reuse = last.filter(|id| lengths[id] < options.segment_size_bytes());
+    // The active segment always holds the latest purge watermark: compaction may drop the
+    // sealed segments that hold older copies.
+    let watermark = match purged_upto {
+        0 => Vec::new(),
+        upto => crate::shared::watermark_frame(upto),
+    };
     let (active_id, active, active_len) = match reuse {
-        Some(id) => (id, files[&id].clone(), lengths[&id]),
+        Some(id) => {
+            let path = segment::segment_path(dir, id);
+            let file = files[&id].clone();
+            let len = lengths[&id];
+            file.write_all_at(&watermark, len)
+                .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
+                .map_err(|e| OpenError::io("write", &path, e))?;
+            let len = len + watermark.len() as u64;
+            index.add_segment_bytes(id, watermark.len() as u64);
+            (id, file, len)
+        }
         None => {
             let id = next_segment;
             next_segment += 1;
             let path = segment::segment_path(dir, id);
-            let file = segment::create(&path, sync)
+            let file = segment::create(&path, &watermark, sync)
                 .and_then(|file| {
                     if sync {
                         segment::sync_dir(dir)?;
@@ -198,8 +226,9 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
                 .map_err(|e| OpenError::io("create", &path, e))?;
             let file = Arc::new(file);
             files.insert(id, file.clone());
-            index.add_segment_bytes(id, SEGMENT_HEADER_LEN as u64);
-            (id, file, SEGMENT_HEADER_LEN as u64)
+            let len = (SEGMENT_HEADER_LEN + watermark.len()) as u64;
+            index.add_segment_bytes(id, len);
+            (id, file, len)
         }
     };
 
@@ -208,6 +237,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
         records = index.len(),
         segments = files.len(),
         next_fence,
+        purged,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "recovered file store"
     );
@@ -219,6 +249,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
         active_len,
         next_segment,
         reserved,
+        purged_upto,
     })
 }
 

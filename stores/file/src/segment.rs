@@ -52,14 +52,16 @@ pub(crate) fn list(dir: &Path) -> io::Result<(Vec<u32>, Vec<PathBuf>)> {
     Ok((segments, leftovers))
 }
 
-/// Creates segment `id` (which must not exist) with its header written.
-pub(crate) fn create(path: &Path, sync: bool) -> io::Result<File> {
+/// Creates a segment (which must not exist) with its header and `frames` written.
+pub(crate) fn create(path: &Path, frames: &[u8], sync: bool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(path)?;
-    file.write_all_at(&format::segment_header(), 0)?;
+    let mut start = format::segment_header().to_vec();
+    start.extend_from_slice(frames);
+    file.write_all_at(&start, 0)?;
     if sync {
         file.sync_data()?;
     }

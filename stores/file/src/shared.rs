@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     /// The segment the writer appends to; compaction leaves it alone.
     pub(crate) active_segment: AtomicU32,
     pub(crate) next_segment: AtomicU32,
+    /// Records expiring at or before this time were purged (milliseconds).
+    pub(crate) purged_upto: AtomicU64,
     /// Set once a sync failed: the writer refuses every later write.
     pub(crate) failure: Mutex<Option<String>>,
     pub(crate) closed: AtomicBool,
@@ -87,7 +89,24 @@ impl Shared {
         failure.get_or_insert(reason);
     }
 
+    /// A frame recording the purge watermark, or nothing before the first purge.
+    pub(crate) fn watermark_frame(&self) -> Vec<u8> {
+        match self.purged_upto.load(Ordering::SeqCst) {
+            0 => Vec::new(),
+            upto => watermark_frame(upto),
+        }
+    }
+
     pub(crate) fn sync_enabled(&self) -> bool {
         self.options.sync_mode() == crate::options::SyncMode::Always
     }
+}
+
+/// A frame saying that records expiring at or before `upto` were purged.
+pub(crate) fn watermark_frame(upto: u64) -> Vec<u8> {
+    let entry = crate::format::Entry::Purged {
+        upto: cnerium_core::Timestamp::from_millis(upto),
+    };
+    // A fixed-size entry always fits a frame.
+    crate::format::encode_frame(&entry).expect("a purge watermark fits a frame")
 }

@@ -126,6 +126,7 @@ impl FileStore {
             files: RwLock::new(recovered.files),
             reserved: AtomicU64::new(recovered.reserved),
             reserve_requested: AtomicBool::new(false),
+            purged_upto: AtomicU64::new(recovered.purged_upto),
             active_segment: AtomicU32::new(recovered.active_id),
             next_segment: AtomicU32::new(recovered.next_segment),
             failure: Mutex::new(None),
@@ -323,7 +324,6 @@ impl FileStore {
     fn decide(&self, request: &ClaimRequest, key: &[u8]) -> Result<Decision, StoreError> {
         let now = request.now.as_millis();
         let mut index = self.shared.index();
-        index.observe(request.now);
 
         let takeover = match index.slot(key) {
             None => false,
@@ -422,7 +422,6 @@ impl Store for FileStore {
         let encoded = key.encode();
         let claim = {
             let mut index = self.shared.index();
-            index.observe(completion.completed_at);
             match index.claim_mut(&encoded) {
                 Some(claim) if claim.fence == fence.0 && !claim.committing => {
                     claim.committing = true;
@@ -539,8 +538,7 @@ impl Store for FileStore {
         self.ensure_open()?;
         let encoded = key.encode();
         let stored = {
-            let mut index = self.shared.index();
-            index.observe(now);
+            let index = self.shared.index();
             match index.slot(&encoded) {
                 None => return Ok(None),
                 Some(Slot::Claimed(claim)) => {
@@ -566,13 +564,21 @@ impl Store for FileStore {
         loop {
             let (count, more) = {
                 let mut index = self.shared.index();
-                index.observe(now);
                 index.purge_some(now.as_millis(), PURGE_BATCH)
             };
             removed += count;
             if !more {
                 break;
             }
+        }
+        let previous = self
+            .shared
+            .purged_upto
+            .fetch_max(now.as_millis(), Ordering::SeqCst);
+        if now.as_millis() > previous {
+            // Without the watermark, a restart would bring back purged records whose
+            // frames compaction has not dropped yet. Losing it to a crash only means that.
+            let _ = self.writer.send(WriteOp::Purged);
         }
         if removed > 0 {
             debug!(removed, now = %now, "purged expired records");

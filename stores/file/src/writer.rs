@@ -39,6 +39,8 @@ pub(crate) enum WriteOp {
     },
     /// Append a published marker; nobody waits for it.
     Published { frame: Vec<u8> },
+    /// Append the current purge watermark; nobody waits for it.
+    Purged,
     /// Extend the fence reservation.
     Reserve { done: Option<Ack> },
     /// Seal the active segment so that compaction may rewrite it.
@@ -132,6 +134,7 @@ impl Writer {
         let mut reserve = false;
         let mut seals = Vec::new();
         let mut shutdown = None;
+        let mut watermark = false;
         let failure = self.shared.failed();
 
         for op in batch {
@@ -167,6 +170,7 @@ impl Writer {
                         buf.extend_from_slice(&frame);
                     }
                 }
+                WriteOp::Purged => watermark = true,
                 WriteOp::Reserve { done } => {
                     reserve = true;
                     reserves.extend(done);
@@ -176,6 +180,9 @@ impl Writer {
             }
         }
 
+        if watermark && failure.is_none() {
+            buf.extend_from_slice(&self.shared.watermark_frame());
+        }
         if !buf.is_empty() {
             self.append(&buf, commits);
         }
@@ -320,7 +327,10 @@ impl Writer {
         let id = self.shared.allocate_segment();
         let path = segment::segment_path(&self.shared.dir, id);
         let sync = self.shared.sync_enabled();
-        let created = segment::create(&path, sync).and_then(|file| {
+        // The new segment repeats the purge watermark, so that compacting the old ones
+        // never loses it.
+        let frames = self.shared.watermark_frame();
+        let created = segment::create(&path, &frames, sync).and_then(|file| {
             if sync {
                 segment::sync_dir(&self.shared.dir)?;
             }
@@ -331,9 +341,8 @@ impl Writer {
         })?;
         let file = Arc::new(file);
         self.shared.add_file(id, file.clone());
-        self.shared
-            .index()
-            .add_segment_bytes(id, SEGMENT_HEADER_LEN as u64);
+        let len = (SEGMENT_HEADER_LEN + frames.len()) as u64;
+        self.shared.index().add_segment_bytes(id, len);
         self.shared.active_segment.store(id, Ordering::SeqCst);
         debug!(
             sealed = self.active_id,
@@ -342,7 +351,7 @@ impl Writer {
         );
         self.active = file;
         self.active_id = id;
-        self.active_len = SEGMENT_HEADER_LEN as u64;
+        self.active_len = len;
         // The compactor may be stopping; a lost nudge only delays compaction.
         let _ = self.compactor.send(CompactOp::Nudge);
         Ok(())

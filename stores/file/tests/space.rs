@@ -188,3 +188,28 @@ fn records_completed_during_compaction_are_kept() {
     let store = small_segments(dir.path());
     assert_eq!(store.stats().records, 100);
 }
+
+#[test]
+fn purged_records_stay_purged_after_restart_without_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = small_segments(dir.path());
+    let k = key("a");
+    let fence = store_record(&store, &k, b"a", vec![event("e", at(0))], at(0));
+    let kept = key("b");
+    store_record(&store, &kept, b"b", vec![], at(0).saturating_add(RETENTION));
+    let later = at(0).saturating_add(RETENTION);
+    assert_eq!(block_on(store.purge_expired(later)).unwrap(), 1);
+    block_on(store.close()).unwrap();
+
+    let store = small_segments(dir.path());
+    assert_eq!(store.stats().records, 1);
+    assert!(block_on(store.pending_events(10)).unwrap().is_empty());
+    assert!(claim(&store, &k, later) > fence);
+    assert_eq!(replay(&store, &kept, later).as_deref(), Some(&b"b"[..]));
+
+    // The watermark outlives compaction of the segments that first recorded it.
+    block_on(store.compact()).unwrap();
+    block_on(store.close()).unwrap();
+    let store = small_segments(dir.path());
+    assert_eq!(store.stats().records, 1);
+}
