@@ -45,7 +45,7 @@
 //! props::check_schedule(MemoryStore::new(), &schedule).unwrap();
 //!
 //! // Random schedules; returns the shortest failing one if any.
-//! props::check_store(MemoryStore::new, 16).unwrap();
+//! props::check_store(MemoryStore::new, props::Search::cases(16)).unwrap();
 //! ```
 //!
 //! The check assumes the standard simulated handler and the engine's default statuses;
@@ -60,7 +60,7 @@ use cnerium_core::{Event, Store};
 use http::header::{CONTENT_TYPE, ETAG, LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{HeaderName, StatusCode};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{Config, RngSeed, TestCaseError, TestError, TestRunner};
 
 use crate::faulty::StoreMethod;
 use crate::model::{Answer, Batch, ClaimReason, Expected, Model, StoredAnswer};
@@ -474,36 +474,84 @@ pub fn cases() -> u32 {
         .unwrap_or(128)
 }
 
+/// How a random search of schedules runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Search {
+    /// How many schedules to try.
+    pub cases: u32,
+    /// The longest schedule generated.
+    pub max_steps: usize,
+    /// A fixed seed, for a search that tries the same schedules every time; `None` draws
+    /// one (or takes `PROPTEST_RNG_SEED` from the environment).
+    pub seed: Option<u64>,
+}
+
+impl Default for Search {
+    /// [`cases()`] schedules of up to 24 steps, with a random seed.
+    fn default() -> Self {
+        Self {
+            cases: cases(),
+            max_steps: 24,
+            seed: None,
+        }
+    }
+}
+
+impl Search {
+    /// The default search with `cases` schedules.
+    pub fn cases(cases: u32) -> Self {
+        Self {
+            cases,
+            ..Self::default()
+        }
+    }
+
+    /// The same search with a fixed seed.
+    pub fn seeded(self, seed: u64) -> Self {
+        Self {
+            seed: Some(seed),
+            ..self
+        }
+    }
+
+    fn runner(&self) -> TestRunner {
+        let mut config = Config {
+            cases: self.cases,
+            failure_persistence: None,
+            ..Config::default()
+        };
+        if let Some(seed) = self.seed {
+            config.rng_seed = RngSeed::Fixed(seed);
+        }
+        TestRunner::new(config)
+    }
+}
+
 /// Runs `schedule` on a fresh simulation over `store`; blocks until done.
 pub fn check_schedule(store: impl Store + 'static, schedule: &[Step]) -> Result<(), Violation> {
     let mut simulation = Simulation::new(store);
     futures_executor::block_on(check_schedule_on(&mut simulation, schedule))
 }
 
-/// Runs `cases` random schedules, each on a fresh simulation over a store from `store`,
-/// and returns the shortest failing schedule found, if any.
-pub fn check_store<S, F>(store: F, cases: u32) -> Result<(), PropertyFailure>
+/// Runs random schedules, each on a fresh simulation over a store from `store`, and
+/// returns the shortest failing schedule found, if any.
+pub fn check_store<S, F>(store: F, search: Search) -> Result<(), PropertyFailure>
 where
     S: Store + 'static,
     F: Fn() -> S,
 {
-    check_simulations(|| Simulation::new(store()), cases)
+    check_simulations(|| Simulation::new(store()), search)
 }
 
-/// Runs `cases` random schedules, each on a fresh simulation from `simulation` (use it to
-/// set a reopen closure, a sink or a handler wrapper), and returns the shortest failing
-/// schedule found, if any.
-pub fn check_simulations<F>(simulation: F, cases: u32) -> Result<(), PropertyFailure>
+/// Runs random schedules, each on a fresh simulation from `simulation` (use it to set a
+/// reopen closure, a sink or a handler wrapper), and returns the shortest failing schedule
+/// found, if any.
+pub fn check_simulations<F>(simulation: F, search: Search) -> Result<(), PropertyFailure>
 where
     F: Fn() -> Simulation,
 {
-    let config = Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let outcome = runner.run(&schedule(), |steps| {
+    let mut runner = search.runner();
+    let outcome = runner.run(&schedule_of(search.max_steps), |steps| {
         let mut sim = simulation();
         futures_executor::block_on(check_schedule_on(&mut sim, &steps))
             .map_err(|v| TestCaseError::fail(v.to_string()))

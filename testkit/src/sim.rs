@@ -455,12 +455,21 @@ pub struct SimulationBuilder {
     wrap: Option<HandlerWrap>,
     reopen: Option<Reopen>,
     faults: FaultPlan,
+    recorder: Option<RecordingSink>,
 }
 
 impl SimulationBuilder {
     /// Publishes to `sink` too; the simulation records what `sink` accepted.
     pub fn sink(mut self, sink: impl EventSink + 'static) -> Self {
         self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Records published events into `sink` (the test keeps a clone) instead of a sink of
+    /// its own; combined with [`sink`](Self::sink), `sink` records what the target
+    /// accepted only if it was made with [`RecordingSink::forwarding`].
+    pub fn recording_into(mut self, sink: RecordingSink) -> Self {
+        self.recorder = Some(sink);
         self
     }
 
@@ -519,9 +528,10 @@ impl SimulationBuilder {
     /// The simulation.
     pub fn build(self) -> Simulation {
         let clock = Arc::new(ManualClock::new(self.start));
-        let sink = match self.sink {
-            Some(sink) => RecordingSink::forwarding(sink),
-            None => RecordingSink::new(),
+        let sink = match (self.recorder, self.sink) {
+            (Some(recorder), _) => recorder,
+            (None, Some(sink)) => RecordingSink::forwarding(sink),
+            (None, None) => RecordingSink::new(),
         };
         let shared = Arc::new(Shared {
             clock: clock.clone(),
@@ -630,6 +640,7 @@ impl Simulation {
             wrap: None,
             reopen: None,
             faults: FaultPlan::new(),
+            recorder: None,
         }
     }
 
