@@ -1,15 +1,12 @@
 //! The routes of the orders service: an ordinary health check beside one durable route.
 
+use cnerium::Engine;
 use cnerium::warp::{durable_post, problem_rejections};
-use cnerium::{DurableRequest, DurableResponse, EmitError, Engine};
-use serde::Serialize;
-use serde_json::Value;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Reply;
 
-/// Operation name of `POST /orders`; keys are scoped by it.
-pub const CREATE_ORDER: &str = "orders.create";
+use crate::orders::{CREATE_ORDER, create_order};
 
 /// `GET /health` and `POST /orders`, with warp's own rejections answered as problems.
 pub fn routes(engine: &Engine, service: &'static str) -> BoxedFilter<(warp::reply::Response,)> {
@@ -24,64 +21,11 @@ pub fn routes(engine: &Engine, service: &'static str) -> BoxedFilter<(warp::repl
         .map(Reply::into_response)
         .or(orders.map(Reply::into_response))
         .unify()
-        .recover(problem_rejections)
+        .recover(|rejection| async move {
+            problem_rejections(rejection)
+                .await
+                .map(Reply::into_response)
+        })
         .unify()
-        .map(Reply::into_response)
         .boxed()
-}
-
-#[derive(Serialize)]
-struct OrderCreated<'a> {
-    ok: bool,
-    order_id: &'a str,
-    product_id: &'a str,
-    quantity: u64,
-}
-
-#[derive(Serialize)]
-struct OrderEvent<'a> {
-    order_id: &'a str,
-    product_id: &'a str,
-    quantity: u64,
-}
-
-/// Creates an order once per idempotency key and tells every connected client.
-async fn create_order(request: DurableRequest) -> Result<DurableResponse, EmitError> {
-    let Ok(body) = request.json() else {
-        return Ok(DurableResponse::bad_request(
-            "Request body must be a JSON object",
-        ));
-    };
-    let product_id = match body.get("product_id") {
-        Some(Value::String(id)) if !id.is_empty() => id.as_str(),
-        _ => {
-            return Ok(DurableResponse::bad_request(
-                "Missing required field: product_id",
-            ));
-        }
-    };
-    let quantity = match body.get("quantity").and_then(Value::as_u64) {
-        Some(quantity) if quantity > 0 => quantity,
-        _ => {
-            return Ok(DurableResponse::bad_request(
-                "Field quantity must be greater than zero",
-            ));
-        }
-    };
-
-    let order_id = format!("ord_{}", request.idempotency_key());
-    request.emit(
-        "order.created",
-        OrderEvent {
-            order_id: &order_id,
-            product_id,
-            quantity,
-        },
-    )?;
-    Ok(DurableResponse::created(OrderCreated {
-        ok: true,
-        order_id: &order_id,
-        product_id,
-        quantity,
-    }))
 }

@@ -9,6 +9,8 @@
 //! live in a file store, so a restarted service still replays them.
 
 mod app;
+#[path = "../shared/orders.rs"]
+mod orders;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
