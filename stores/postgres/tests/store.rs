@@ -345,8 +345,10 @@ async fn pending_events_lists_unpublished_completions_oldest_first() {
     let schema = TestSchema::new("pending").await;
     let store = schema.connect().await;
     let mut fences = Vec::new();
-    // Completed out of claim order, so completion time and fence order differ.
+    // Completed out of claim order, so completion time and fence order differ; "z" and
+    // "b" complete at the same time and sort by fence, not by name.
     for (name, completed_at_offset, with_events) in [
+        ("z", 10, true),
         ("a", 30, true),
         ("b", 10, true),
         ("c", 20, false),
@@ -371,22 +373,22 @@ async fn pending_events_lists_unpublished_completions_oldest_first() {
 
     let pending = store.pending_events(10).await.unwrap();
     let names: Vec<&str> = pending.iter().map(|p| p.key.key().as_str()).collect();
-    assert_eq!(names, ["b", "d", "a"]);
-    assert_eq!(pending[0].fence, fences[1].1);
+    assert_eq!(names, ["z", "b", "d", "a"]);
+    assert_eq!(pending[1].fence, fences[2].1);
     assert_eq!(
-        pending[0].events,
+        pending[1].events,
         vec![event("a.b", None, 1), event("a.c", Some("r"), 2)]
     );
     assert_eq!(store.pending_events(2).await.unwrap().len(), 2);
 
-    let (b, b_fence) = &fences[1];
+    let (b, b_fence) = &fences[2];
     store
         .mark_published(b, Fence(b_fence.0 + 100))
         .await
         .unwrap();
     assert_eq!(
         store.pending_events(10).await.unwrap().len(),
-        3,
+        4,
         "wrong fence"
     );
     store.mark_published(b, *b_fence).await.unwrap();
@@ -397,7 +399,7 @@ async fn pending_events_lists_unpublished_completions_oldest_first() {
         .into_iter()
         .map(|p| p.key.key().as_str().to_owned())
         .collect();
-    assert_eq!(names, ["d", "a"]);
+    assert_eq!(names, ["z", "d", "a"]);
     assert!(matches!(
         store.lookup(b, T0).await.unwrap().map(|r| r.state),
         Some(RecordState::Completed {

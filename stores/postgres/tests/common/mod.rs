@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod on_runtime;
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,7 +98,11 @@ pub fn event(kind: &str, room: Option<&str>, n: u64) -> Event {
         id: format!("evt_{kind}_{n}"),
         kind: kind.to_owned(),
         room: room.map(str::to_owned),
-        payload: serde_json::json!({"n": n, "nested": {"ok": true}, "big": 12345678901234567890123_u128}),
+        payload: serde_json::json!({
+            "n": n,
+            "nested": {"ok": true},
+            "big": 12345678901234567890123_u128,
+        }),
         ts: Timestamp::from_millis(T0.as_millis() + n),
     }
 }
