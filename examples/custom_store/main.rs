@@ -19,7 +19,8 @@ use cnerium_core::{
     ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
     RecordKey, RecordState, Store, StoreError, Timestamp,
 };
-use cnerium_testkit::{conformance, props};
+use cnerium_testkit::conformance;
+use cnerium_testkit::properties;
 
 /// Records in a `BTreeMap` behind a mutex; they vanish with the process.
 #[derive(Debug, Default)]
@@ -165,7 +166,7 @@ fn main() -> ExitCode {
     println!("{report}");
 
     // Random schedules through the real engine, compared with the reference model.
-    let properties = props::check_store(BTreeStore::default, props::Search::cases(64));
+    let properties = properties::check_store(BTreeStore::default, properties::Search::cases(64));
     match (&properties, report.is_ok()) {
         (Ok(()), true) => {
             println!("the model-based properties hold on 64 random schedules");
@@ -190,8 +191,8 @@ mod tests {
 
     #[test]
     fn the_btree_store_keeps_the_retry_properties() {
-        let search = props::Search::cases(props::cases().min(64));
-        if let Err(failure) = props::check_store(BTreeStore::default, search) {
+        let search = properties::Search::cases(properties::cases().min(64));
+        if let Err(failure) = properties::check_store(BTreeStore::default, search) {
             panic!("{failure}");
         }
     }

@@ -5,7 +5,7 @@ pub mod conformance;
 pub mod faulty;
 mod gate;
 pub mod model;
-pub mod props;
+pub mod properties;
 pub mod sim;
 pub mod sink;
 

@@ -5,14 +5,14 @@
 //! (caller, key) with the body class that claimed it, its state and its deadlines, and
 //! follows the engine's documented sequence of store calls so that a planned store fault
 //! hits the same call in the model as in the engine. The property checker in
-//! [`props`](crate::props) runs a schedule on both and compares.
+//! [`properties`](crate::properties) runs a schedule on both and compares.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::StatusCode;
 
 use crate::faulty::StoreMethod;
-use crate::props::{Body, Caller, Key, Req, Script};
+use crate::properties::{Body, Caller, Key, Req, Script};
 use crate::sim::RequestId;
 
 /// What the model expects a committed response to hold: enough to rebuild the standard

@@ -33,19 +33,19 @@
 //!
 //! ```
 //! use cnerium_store_memory::MemoryStore;
-//! use cnerium_testkit::props::{self, Body, Caller, Key, Req, Script, Step};
+//! use cnerium_testkit::properties::{self, Body, Caller, Key, Req, Script, Step};
 //!
 //! // One hand-written schedule: a request hangs, its lease runs out, a retry takes over.
 //! let schedule = [
 //!     Step::Send(Req::new(Key::K1, Body::A, Caller::Anyone, Script::Hangs)),
-//!     Step::Advance(props::Jump::PastLease),
+//!     Step::Advance(properties::Jump::PastLease),
 //!     Step::Send(Req::new(Key::K1, Body::A, Caller::Anyone, Script::Created)),
 //!     Step::Release(0),
 //! ];
-//! props::check_schedule(MemoryStore::new(), &schedule).unwrap();
+//! properties::check_schedule(MemoryStore::new(), &schedule).unwrap();
 //!
 //! // Random schedules; returns the shortest failing one if any.
-//! props::check_store(MemoryStore::new, props::Search::cases(16)).unwrap();
+//! properties::check_store(MemoryStore::new, properties::Search::cases(16)).unwrap();
 //! ```
 //!
 //! The check assumes the standard simulated handler and the engine's default statuses;

@@ -13,7 +13,7 @@ use cnerium_core::{
 };
 use cnerium_store_memory::MemoryStore;
 use cnerium_testkit::conformance::{self, Report};
-use cnerium_testkit::props::{
+use cnerium_testkit::properties::{
     self, Body, Caller, Jump, Key, Property, Req, Script, Search, Step, Violation,
 };
 use cnerium_testkit::sim::standard_events;
@@ -367,13 +367,13 @@ fn the_planted_store_without_bugs_passes_everything() {
         PlantedStore::reopen,
     ));
     assert_eq!(report.passed(), conformance::CHECKS.len(), "{report}");
-    props::check_store(PlantedStore::default, search()).unwrap_or_else(|f| panic!("{f}"));
+    properties::check_store(PlantedStore::default, search()).unwrap_or_else(|f| panic!("{f}"));
 }
 
 #[test]
 fn the_reference_store_passes_the_same_checks() {
     assert!(conformance::check(MemoryStore::new).is_ok());
-    props::check_store(MemoryStore::new, search()).unwrap_or_else(|f| panic!("{f}"));
+    properties::check_store(MemoryStore::new, search()).unwrap_or_else(|f| panic!("{f}"));
 }
 
 #[test]
@@ -420,10 +420,10 @@ fn a_completion_without_the_fencing_check_is_caught() {
         Step::Release(0),
     ];
     assert_violates(
-        props::check_schedule(unfenced(), &schedule),
+        properties::check_schedule(unfenced(), &schedule),
         Property::FencedCompletionDropped,
     );
-    props::check_schedule(MemoryStore::new(), &schedule).unwrap();
+    properties::check_schedule(MemoryStore::new(), &schedule).unwrap();
 }
 
 #[test]
@@ -443,13 +443,13 @@ fn events_published_before_the_commit_are_caught() {
     let schedule = [Step::FailNext(StoreMethod::Complete), send(Script::Created)];
     let mut sim = eager();
     let violation = assert_violates(
-        cnerium_testkit::block_on(props::check_schedule_on(&mut sim, &schedule)),
+        cnerium_testkit::block_on(properties::check_schedule_on(&mut sim, &schedule)),
         Property::EventsAfterCommit,
     );
     assert_eq!(violation.step, 1);
-    props::check_schedule(MemoryStore::new(), &schedule).unwrap();
+    properties::check_schedule(MemoryStore::new(), &schedule).unwrap();
 
-    let failure = props::check_simulations(eager, search()).unwrap_err();
+    let failure = properties::check_simulations(eager, search()).unwrap_err();
     assert_eq!(failure.violation.property, Property::EventsAfterCommit, "{failure}");
     assert!(failure.schedule.len() <= 2, "not shrunk:\n{failure}");
 }
@@ -485,12 +485,12 @@ fn a_replay_that_loses_its_status_or_location_is_caught() {
 
     let schedule = [send(Script::Created), send(Script::Created)];
     let violation = assert_violates(
-        props::check_schedule(RewritingStore::default(), &schedule),
+        properties::check_schedule(RewritingStore::default(), &schedule),
         Property::ReplayIsIdentical,
     );
     assert_eq!(violation.step, 1);
 
-    let failure = props::check_store(RewritingStore::default, search()).unwrap_err();
+    let failure = properties::check_store(RewritingStore::default, search()).unwrap_err();
     assert_eq!(failure.violation.property, Property::ReplayIsIdentical, "{failure}");
     assert_eq!(failure.schedule.len(), 2, "not shrunk:\n{failure}");
 }
@@ -507,11 +507,11 @@ fn two_scopes_sharing_records_are_caught() {
         Step::Send(req(Key::K1, Body::A, Caller::Bob, Script::Created)),
     ];
     assert_violates(
-        props::check_schedule(ScopelessStore::default(), &schedule),
+        properties::check_schedule(ScopelessStore::default(), &schedule),
         Property::ScopesIsolated,
     );
 
-    let failure = props::check_store(ScopelessStore::default, search()).unwrap_err();
+    let failure = properties::check_store(ScopelessStore::default, search()).unwrap_err();
     assert_eq!(failure.violation.property, Property::ScopesIsolated, "{failure}");
 }
 
@@ -533,13 +533,13 @@ fn a_lease_that_never_expires_after_a_crash_is_caught() {
         send(Script::Created),
     ];
     let violation = assert_violates(
-        props::check_schedule(eternal(), &schedule),
+        properties::check_schedule(eternal(), &schedule),
         Property::LeaseTakeover,
     );
     assert_eq!(violation.step, 3);
-    props::check_schedule(MemoryStore::new(), &schedule).unwrap();
+    properties::check_schedule(MemoryStore::new(), &schedule).unwrap();
 
-    let failure = props::check_store(eternal, search()).unwrap_err();
+    let failure = properties::check_store(eternal, search()).unwrap_err();
     assert_eq!(failure.violation.property, Property::LeaseTakeover, "{failure}");
 }
 
@@ -562,7 +562,7 @@ fn a_record_lost_before_its_retention_is_caught() {
         send(Script::Created),
     ];
     let violation = assert_violates(
-        props::check_schedule(early(), &schedule),
+        properties::check_schedule(early(), &schedule),
         Property::HandlerRunsOnce,
     );
     assert_eq!(violation.step, 2);
