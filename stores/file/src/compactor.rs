@@ -208,6 +208,7 @@ impl Compactor {
             }
         });
 
+        let purged_upto = self.shared.purged_upto.load(Ordering::SeqCst);
         for chunk in frames.chunks(CHECK_BATCH) {
             let mut keep = Vec::new();
             {
@@ -232,6 +233,18 @@ impl Compactor {
                         }
                         // The active segment holds the latest watermark.
                         Summary::Purged { .. } => {}
+                        Summary::Claim(claim) => {
+                            if index.is_claimed(claim.key, claim.fence) {
+                                keep.push((offset, len, None));
+                            }
+                        }
+                        // A release must outlive every copy of its claim frame; after the
+                        // claim's expiry the purge watermark covers it.
+                        Summary::Released { expires_at, .. } => {
+                            if expires_at > purged_upto {
+                                keep.push((offset, len, None));
+                            }
+                        }
                     }
                 }
             }

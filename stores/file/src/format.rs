@@ -1,7 +1,7 @@
 //! The on-disk format: segment headers and checksummed frames.
 //!
-//! A segment file starts with a 16-byte header ([`SEGMENT_MAGIC`] and the format version,
-//! little endian) followed by frames. A frame is
+//! A segment file starts with a 16-byte header ([`SEGMENT_MAGIC`], the format version as a
+//! little-endian `u32`, and a CRC-32 of those twelve bytes) followed by frames. A frame is
 //!
 //! ```text
 //! magic (4 bytes) | payload length (u32 LE) | CRC-32 of length and payload (u32 LE) | payload
@@ -19,6 +19,9 @@
 //!              | (id bytes, type bytes, room tag u8 [room bytes], payload JSON bytes, ts u64)*
 //! published  2 | fence u64 | key bytes
 //! purged     3 | upto u64 (records expiring at or before it were purged)
+//! claim      4 | fence u64 | created_at u64 | lease_until u64 | expires_at u64
+//!              | fingerprint version u8 | digest [32] | key bytes
+//! released   5 | fence u64 | expires_at u64 (of the claim) | key bytes
 //! ```
 //!
 //! Times are milliseconds since the Unix epoch. The checksum covers the length as well as
@@ -42,7 +45,7 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"CNRMSEG\0";
 /// The segment format version this crate writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Length of a segment header: magic, version, four reserved bytes.
+/// Length of a segment header: magic, version, checksum.
 pub const SEGMENT_HEADER_LEN: usize = 16;
 
 /// First bytes of every frame.
@@ -57,6 +60,8 @@ pub const MAX_PAYLOAD_LEN: usize = 256 * 1024 * 1024;
 const KIND_RECORD: u8 = 1;
 const KIND_PUBLISHED: u8 = 2;
 const KIND_PURGED: u8 = 3;
+const KIND_CLAIM: u8 = 4;
+const KIND_RELEASED: u8 = 5;
 
 const FLAG_EVENTS_PUBLISHED: u8 = 1;
 
@@ -140,6 +145,23 @@ impl RecordEntry {
     }
 }
 
+/// An in-progress claim as one frame stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimEntry {
+    /// Which record is claimed.
+    pub key: RecordKey,
+    /// Fingerprint of the claiming request.
+    pub fingerprint: Fingerprint,
+    /// The claim's fence.
+    pub fence: Fence,
+    /// When the claim was granted.
+    pub created_at: Timestamp,
+    /// When a retry may take the claim over.
+    pub lease_until: Timestamp,
+    /// When the record expires.
+    pub expires_at: Timestamp,
+}
+
 /// One decoded frame payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -152,6 +174,17 @@ pub enum Entry {
         key: RecordKey,
         /// Which completion of it.
         fence: Fence,
+    },
+    /// A claim was granted.
+    Claim(Box<ClaimEntry>),
+    /// The claim of `key` under `fence` was released.
+    Released {
+        /// Which record.
+        key: RecordKey,
+        /// Which claim of it.
+        fence: Fence,
+        /// When the released claim would have expired; the marker is needed until then.
+        expires_at: Timestamp,
     },
     /// Records expiring at or before `upto` were purged; recovery does not bring them back.
     Purged {
@@ -176,8 +209,30 @@ pub(crate) struct RecordSummary<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Summary<'a> {
     Record(RecordSummary<'a>),
-    Published { key: &'a [u8], fence: u64 },
-    Purged { upto: u64 },
+    Published {
+        key: &'a [u8],
+        fence: u64,
+    },
+    Purged {
+        upto: u64,
+    },
+    Claim(ClaimSummary<'a>),
+    Released {
+        key: &'a [u8],
+        fence: u64,
+        expires_at: u64,
+    },
+}
+
+/// A claim frame, as recovery reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ClaimSummary<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) fence: u64,
+    pub(crate) created_at: u64,
+    pub(crate) lease_until: u64,
+    pub(crate) expires_at: u64,
 }
 
 /// The 16-byte header that starts every segment file.
@@ -185,17 +240,22 @@ pub fn segment_header() -> [u8; SEGMENT_HEADER_LEN] {
     let mut header = [0u8; SEGMENT_HEADER_LEN];
     header[..8].copy_from_slice(&SEGMENT_MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let crc = crc32fast::hash(&header[..12]);
+    header[12..].copy_from_slice(&crc.to_le_bytes());
     header
 }
 
-/// The format version in a segment header, or `None` when `bytes` does not start with one.
+/// The format version in a segment header, or `None` when `bytes` does not start with an
+/// intact one (missing, truncated or corrupted).
 pub fn segment_version(bytes: &[u8]) -> Option<u32> {
     let header = bytes.get(..SEGMENT_HEADER_LEN)?;
-    if header[..8] != SEGMENT_MAGIC {
+    let crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    if header[..8] != SEGMENT_MAGIC || crc32fast::hash(&header[..12]) != crc {
         return None;
     }
-    let version: [u8; 4] = header[8..12].try_into().ok()?;
-    Some(u32::from_le_bytes(version))
+    Some(u32::from_le_bytes([
+        header[8], header[9], header[10], header[11],
+    ]))
 }
 
 /// Wraps `payload` into a frame: magic, length, checksum, payload.
@@ -241,6 +301,26 @@ pub fn encode_payload(entry: &Entry) -> Result<Vec<u8>, FormatError> {
         Entry::Purged { upto } => {
             out.push(KIND_PURGED);
             out.extend_from_slice(&upto.as_millis().to_le_bytes());
+        }
+        Entry::Claim(claim) => {
+            out.push(KIND_CLAIM);
+            out.extend_from_slice(&claim.fence.0.to_le_bytes());
+            out.extend_from_slice(&claim.created_at.as_millis().to_le_bytes());
+            out.extend_from_slice(&claim.lease_until.as_millis().to_le_bytes());
+            out.extend_from_slice(&claim.expires_at.as_millis().to_le_bytes());
+            out.push(claim.fingerprint.version());
+            out.extend_from_slice(claim.fingerprint.digest());
+            push_bytes(&mut out, &claim.key.encode())?;
+        }
+        Entry::Released {
+            key,
+            fence,
+            expires_at,
+        } => {
+            out.push(KIND_RELEASED);
+            out.extend_from_slice(&fence.0.to_le_bytes());
+            out.extend_from_slice(&expires_at.as_millis().to_le_bytes());
+            push_bytes(&mut out, &key.encode())?;
         }
     }
     if out.len() > MAX_PAYLOAD_LEN {
@@ -352,6 +432,27 @@ pub fn decode_payload(payload: &[u8]) -> Result<Entry, FormatError> {
         KIND_PURGED => Entry::Purged {
             upto: Timestamp::from_millis(r.u64()?),
         },
+        KIND_CLAIM => {
+            let claim = read_claim(&mut r)?;
+            Entry::Claim(Box::new(ClaimEntry {
+                key: decode_key(claim.key)?,
+                fingerprint: claim.fingerprint,
+                fence: Fence(claim.fence),
+                created_at: Timestamp::from_millis(claim.created_at),
+                lease_until: Timestamp::from_millis(claim.lease_until),
+                expires_at: Timestamp::from_millis(claim.expires_at),
+            }))
+        }
+        KIND_RELEASED => {
+            let fence = Fence(r.u64()?);
+            let expires_at = Timestamp::from_millis(r.u64()?);
+            let key = decode_key(r.bytes()?)?;
+            Entry::Released {
+                key,
+                fence,
+                expires_at,
+            }
+        }
         _ => return Err(FormatError::Malformed("unknown entry kind")),
     };
     r.finish()?;
@@ -460,8 +561,42 @@ pub(crate) fn summarize(payload: &[u8]) -> Result<Summary<'_>, FormatError> {
             r.finish()?;
             Ok(Summary::Purged { upto })
         }
+        KIND_CLAIM => {
+            let claim = read_claim(&mut r)?;
+            r.finish()?;
+            Ok(Summary::Claim(claim))
+        }
+        KIND_RELEASED => {
+            let fence = r.u64()?;
+            let expires_at = r.u64()?;
+            let key = r.bytes()?;
+            r.finish()?;
+            Ok(Summary::Released {
+                key,
+                fence,
+                expires_at,
+            })
+        }
         _ => Err(FormatError::Malformed("unknown entry kind")),
     }
+}
+
+fn read_claim<'a>(r: &mut Reader<'a>) -> Result<ClaimSummary<'a>, FormatError> {
+    let fence = r.u64()?;
+    let created_at = r.u64()?;
+    let lease_until = r.u64()?;
+    let expires_at = r.u64()?;
+    let version = r.u8()?;
+    let digest: [u8; 32] = r.array()?;
+    let key = r.bytes()?;
+    Ok(ClaimSummary {
+        key,
+        fingerprint: Fingerprint::from_parts(version, digest),
+        fence,
+        created_at,
+        lease_until,
+        expires_at,
+    })
 }
 
 /// Rewrites the events-published flag of a record frame in place and fixes its checksum.
@@ -614,6 +749,28 @@ mod tests {
         };
         let bytes = encode_frame(&entry).unwrap();
         assert_eq!(decode_frame(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn claims_and_releases_round_trip() {
+        let record = sample();
+        let claim = Entry::Claim(Box::new(ClaimEntry {
+            key: record.key.clone(),
+            fingerprint: record.fingerprint,
+            fence: Fence(3),
+            created_at: Timestamp::from_millis(1),
+            lease_until: Timestamp::from_millis(2),
+            expires_at: Timestamp::from_millis(3),
+        }));
+        let released = Entry::Released {
+            key: record.key,
+            fence: Fence(3),
+            expires_at: Timestamp::from_millis(3),
+        };
+        for entry in [claim, released] {
+            let bytes = encode_frame(&entry).unwrap();
+            assert_eq!(decode_frame(&bytes).unwrap(), entry);
+        }
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub(crate) struct Location {
     pub(crate) offset: u64,
 }
 
-/// An in-progress claim. Claims live only in memory.
-#[derive(Clone, Debug)]
+/// An in-progress claim.
+#[derive(Debug)]
 pub(crate) struct Claim {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) fence: u64,
@@ -29,6 +29,9 @@ pub(crate) struct Claim {
     /// A completion under this fence is being written; the claim can be neither taken over
     /// nor completed again until the writer reports.
     pub(crate) committing: bool,
+    /// Claims that must know how the commit ends before they can answer; dropping the
+    /// senders wakes them.
+    pub(crate) waiters: Vec<futures_channel::oneshot::Sender<()>>,
 }
 
 impl Claim {
@@ -58,7 +61,7 @@ pub(crate) struct Committed {
 }
 
 /// What the index holds for one key.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) enum Slot {
     Claimed(Box<Claim>),
     Committed(Committed),
@@ -194,6 +197,7 @@ impl Index {
         if let Some(claim) = self.claim_mut(key) {
             if claim.fence == fence {
                 claim.committing = false;
+                claim.waiters.clear();
             }
         }
     }
@@ -326,13 +330,45 @@ impl Index {
         }
     }
 
+    /// Recovery: a claim frame found on disk. The highest fence per key wins, and a
+    /// completion beats the claim it completed.
+    pub(crate) fn recover_claim(&mut self, key: &[u8], claim: Claim) {
+        self.next_fence = self.next_fence.max(claim.fence.saturating_add(1));
+        if self
+            .slots
+            .get(key)
+            .is_some_and(|slot| slot.fence() >= claim.fence)
+        {
+            return;
+        }
+        let key = self.shared_key(key);
+        self.insert(key, Slot::Claimed(Box::new(claim)));
+    }
+
+    /// Recovery: a release marker found on disk. Returns false when the claim it names is
+    /// not (or not yet) in the index.
+    pub(crate) fn recover_released(&mut self, key: &[u8], fence: u64) -> bool {
+        match self.slots.get(key) {
+            Some(Slot::Claimed(claim)) if claim.fence == fence => {
+                self.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `key` is claimed under `fence`: its claim frame must outlive compaction.
+    pub(crate) fn is_claimed(&self, key: &[u8], fence: u64) -> bool {
+        matches!(self.slots.get(key), Some(Slot::Claimed(c)) if c.fence == fence)
+    }
+
     /// Recovery: a record frame found on disk. The highest fence per key wins; a copy of
     /// the same completion (left by an interrupted compaction) only adds its published flag.
     pub(crate) fn recover_record(&mut self, key: &[u8], committed: Committed) {
         self.next_fence = self.next_fence.max(committed.fence.saturating_add(1));
         match self.slots.get(key) {
             Some(slot) if slot.fence() > committed.fence => {}
-            Some(slot) if slot.fence() == committed.fence => {
+            Some(Slot::Committed(c)) if c.fence == committed.fence => {
                 if committed.published {
                     self.set_published(key, committed.fence);
                 }

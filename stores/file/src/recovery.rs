@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use crate::error::OpenError;
 use crate::format::{self, FORMAT_VERSION, SEGMENT_HEADER_LEN, Summary};
-use crate::index::{Committed, Index, Location};
+use crate::index::{Claim, Committed, Index, Location};
 use crate::options::FileStoreOptions;
 use crate::segment::{self, Found};
 use crate::shared::FENCE_BLOCK;
@@ -53,6 +53,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     let mut files = HashMap::new();
     let mut lengths = HashMap::new();
     let mut unmatched_markers: Vec<(Vec<u8>, u64)> = Vec::new();
+    let mut unmatched_releases: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut purged_upto = 0;
     let mut buf = Vec::new();
     index.reserve(estimate_records(dir, &ids));
@@ -69,11 +70,19 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
             .len();
         segment::read_all(&file, len, &mut buf).map_err(|e| OpenError::io("read", &path, e))?;
 
-        let start = match format::segment_version(&buf) {
-            Some(FORMAT_VERSION) => SEGMENT_HEADER_LEN,
+        match format::segment_version(&buf) {
+            Some(FORMAT_VERSION) => {}
             Some(version) => return Err(OpenError::UnsupportedFormat { path, version }),
-            None => 0,
-        };
+            None if buf.len() < SEGMENT_HEADER_LEN => {}
+            None => {
+                // Frames start after the header whatever it holds, so rewriting it loses
+                // nothing.
+                warn!(path = %path.display(), "segment header is corrupt; rewriting it");
+                file.write_all_at(&format::segment_header(), 0)
+                    .map_err(|e| OpenError::io("repair", &path, e))?;
+            }
+        }
+        let start = SEGMENT_HEADER_LEN;
         let mut torn_at = None;
         segment::scan(&buf, start, |found| match found {
             Found::Frame {
@@ -105,6 +114,23 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
                     }
                 }
                 Ok(Summary::Purged { upto }) => purged_upto = purged_upto.max(upto),
+                Ok(Summary::Claim(claim)) => index.recover_claim(
+                    claim.key,
+                    Claim {
+                        fingerprint: claim.fingerprint,
+                        fence: claim.fence,
+                        created_at: claim.created_at,
+                        lease_until: claim.lease_until,
+                        expires_at: claim.expires_at,
+                        committing: false,
+                        waiters: Vec::new(),
+                    },
+                ),
+                Ok(Summary::Released { key, fence, .. }) => {
+                    if !index.recover_released(key, fence) {
+                        unmatched_releases.push((key.to_vec(), fence));
+                    }
+                }
                 Err(e) => warn!(
                     path = %path.display(),
                     offset,
@@ -150,8 +176,13 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
         lengths.insert(id, len);
         files.insert(id, Arc::new(file));
     }
+    // Markers met before their frames (compaction moves frames to newer segments) apply
+    // now; fences are never reused, so order does not matter.
     for (key, fence) in unmatched_markers {
         index.recover_published(&key, fence);
+    }
+    for (key, fence) in unmatched_releases {
+        index.recover_released(&key, fence);
     }
     // Purged records stay purged, even where compaction has not dropped their frames yet.
     let mut purged = 0;

@@ -44,6 +44,17 @@ pub(crate) struct Shared {
     pub(crate) failure: Mutex<Option<String>>,
     pub(crate) closed: AtomicBool,
     pub(crate) counters: Counters,
+    /// Faults the unit tests inject into the writer.
+    #[cfg(test)]
+    pub(crate) faults: Faults,
+}
+
+/// Write and sync failures the unit tests ask for.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub(crate) fail_writes: AtomicBool,
+    pub(crate) fail_syncs: AtomicBool,
 }
 
 impl Shared {

@@ -17,7 +17,7 @@ use tracing::{debug, trace};
 
 use crate::compactor::{CompactOp, Compactor};
 use crate::error::OpenError;
-use crate::format::{self, Entry, RecordEntry};
+use crate::format::{self, ClaimEntry, Entry, RecordEntry};
 use crate::index::{Claim, Committed, Slot};
 use crate::lock::DirLock;
 use crate::options::FileStoreOptions;
@@ -48,10 +48,13 @@ const PURGE_BATCH: usize = 1024;
 /// - A completion is on disk (`fdatasync`) before [`complete`](Store::complete) returns
 ///   `Ok` (with the default [`SyncMode::Always`](crate::SyncMode::Always)). Concurrent
 ///   completions share one sync.
-/// - Claims live only in memory. After a crash, in-progress claims are gone: a key whose
-///   owner crashed is claimable immediately after the restart, without waiting for its
-///   lease. Fences stay above every fence granted before the crash, because the store
-///   reserves them in blocks in a small `FENCE` file before granting them.
+/// - Claims are written to the log without waiting for a sync: an in-progress claim
+///   survives [`close`](FileStore::close) and a crash of the process (the kernel still
+///   holds the bytes), and is taken over once its lease runs out, as the contract says. A
+///   power cut can drop the claims made since the last sync; their keys are then claimable
+///   immediately after the restart. Fences stay above every fence granted before any
+///   crash, because the store reserves them in blocks in a small `FENCE` file before
+///   granting them.
 /// - Published markers are not synced on their own; after a crash a few events may be
 ///   listed as pending again. They keep their ids, so receivers can drop the repeats.
 /// - A torn or corrupted frame is detected by its checksum, logged once and skipped;
@@ -98,6 +101,9 @@ enum Decision {
     Stored(Read, Committed),
     /// Every reserved fence is used; wait for the writer to reserve more.
     NeedFences,
+    /// The claim could be taken over, but its completion is being written: the answer
+    /// depends on whether that commit succeeds.
+    AwaitCommit(oneshot::Receiver<()>),
 }
 
 impl FileStore {
@@ -132,6 +138,8 @@ impl FileStore {
             failure: Mutex::new(None),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            #[cfg(test)]
+            faults: Default::default(),
         });
 
         let spawn_error = |e| OpenError::io("start a thread for", dir, e);
@@ -321,6 +329,23 @@ impl FileStore {
         })
     }
 
+    /// Queues the claim's frame without waiting for it: a claim survives a close or a
+    /// process crash, and only a power cut before the next sync can lose it.
+    fn log_claim(&self, request: &ClaimRequest, fence: Fence) {
+        let entry = Entry::Claim(Box::new(ClaimEntry {
+            key: request.key.clone(),
+            fingerprint: request.fingerprint,
+            fence,
+            created_at: request.now,
+            lease_until: request.lease_until,
+            expires_at: request.expires_at,
+        }));
+        // A claim frame holds a key and fixed fields, far below the frame limit.
+        if let Ok(frame) = format::encode_frame(&entry) {
+            let _ = self.writer.send(WriteOp::Append { frame });
+        }
+    }
+
     fn decide(&self, request: &ClaimRequest, key: &[u8]) -> Result<Decision, StoreError> {
         let now = request.now.as_millis();
         let mut index = self.shared.index();
@@ -329,10 +354,21 @@ impl FileStore {
             None => false,
             Some(Slot::Claimed(claim)) => {
                 let record = claim.record();
-                if claim.committing || !record.is_claimable(request.now) {
+                if !record.is_claimable(request.now) {
                     return Ok(Decision::Existing(record));
                 }
-                true
+                if claim.committing {
+                    // Answering "in progress" now would fit neither order of this claim
+                    // and that completion; wait for the commit to end either way.
+                    let (done, ended) = oneshot::channel();
+                    if let Some(claim) = index.claim_mut(key) {
+                        claim.waiters.push(done);
+                    }
+                    return Ok(Decision::AwaitCommit(ended));
+                }
+                // An expired record is replaced like a missing one; only a live claim whose
+                // lease ran out is taken over.
+                record.is_live(request.now)
             }
             Some(Slot::Committed(committed)) => {
                 if now >= committed.expires_at {
@@ -364,6 +400,7 @@ impl FileStore {
                 lease_until: request.lease_until.as_millis(),
                 expires_at: request.expires_at.as_millis(),
                 committing: false,
+                waiters: Vec::new(),
             })),
         );
         Ok(Decision::Granted(ClaimOutcome::Claimed {
@@ -394,12 +431,19 @@ impl Store for FileStore {
             match self.decide(&request, &key)? {
                 Decision::Granted(outcome) => {
                     trace!(key = %request.key, ?outcome, "claim granted");
+                    if let ClaimOutcome::Claimed { fence, .. } = outcome {
+                        self.log_claim(&request, fence);
+                    }
                     return Ok(outcome);
                 }
                 Decision::Existing(record) => return Ok(ClaimOutcome::Existing(record)),
                 Decision::Stored(read, committed) => {
                     let record = self.read_stored(read, &key, committed).await?;
                     return Ok(ClaimOutcome::Existing(record));
+                }
+                Decision::AwaitCommit(ended) => {
+                    // Either outcome wakes us (the sender is dropped); decide again.
+                    let _ = ended.await;
                 }
                 Decision::NeedFences => {
                     let (done, reserved) = oneshot::channel();
@@ -425,7 +469,7 @@ impl Store for FileStore {
             match index.claim_mut(&encoded) {
                 Some(claim) if claim.fence == fence.0 && !claim.committing => {
                     claim.committing = true;
-                    (*claim).clone()
+                    (claim.fingerprint, claim.created_at)
                 }
                 _ => {
                     trace!(key = %key, fence = fence.0, "completion fenced off");
@@ -438,9 +482,9 @@ impl Store for FileStore {
         let has_events = !completion.events.is_empty();
         let entry = Entry::Record(Box::new(RecordEntry {
             key: key.clone(),
-            fingerprint: claim.fingerprint,
+            fingerprint: claim.0,
             fence,
-            created_at: Timestamp::from_millis(claim.created_at),
+            created_at: Timestamp::from_millis(claim.1),
             expires_at: completion.expires_at,
             completed_at: completion.completed_at,
             response: completion.response,
@@ -487,9 +531,23 @@ impl Store for FileStore {
             index.slot(&encoded),
             Some(Slot::Claimed(claim)) if claim.fence == fence.0 && !claim.committing
         );
-        if held {
-            index.remove(&encoded);
-            trace!(key = %key, fence = fence.0, "claim released");
+        if !held {
+            return Ok(());
+        }
+        let expires_at = match index.remove(&encoded) {
+            Some(Slot::Claimed(claim)) => claim.expires_at,
+            _ => u64::MAX,
+        };
+        drop(index);
+        trace!(key = %key, fence = fence.0, "claim released");
+        let marker = Entry::Released {
+            key: key.clone(),
+            fence,
+            expires_at: Timestamp::from_millis(expires_at),
+        };
+        // Without the marker, a reopen would bring the claim back until its lease ends.
+        if let Ok(frame) = format::encode_frame(&marker) {
+            let _ = self.writer.send(WriteOp::Append { frame });
         }
         Ok(())
     }
@@ -508,7 +566,7 @@ impl Store for FileStore {
             .map_err(|e| StoreError::with_source("cannot encode a published marker", e))?;
         // A marker lost to a stopping writer only means the events may be listed again
         // after a restart, which their stable ids allow.
-        let _ = self.writer.send(WriteOp::Published { frame });
+        let _ = self.writer.send(WriteOp::Append { frame });
         Ok(())
     }
 
@@ -585,5 +643,127 @@ impl Store for FileStore {
             let _ = self.compactor.send(CompactOp::Nudge);
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use cnerium_core::{Fingerprint, IdempotencyKey, RecordState, Scope, StoredResponse};
+    use futures_executor::block_on;
+
+    use super::*;
+
+    fn key(name: &str) -> RecordKey {
+        RecordKey::new(Scope::new("op"), IdempotencyKey::new(name).unwrap())
+    }
+
+    fn claim(store: &FileStore, key: &RecordKey) -> Fence {
+        let now = Timestamp::from_millis(1_000);
+        let request = ClaimRequest {
+            key: key.clone(),
+            fingerprint: Fingerprint::from_parts(1, [1; 32]),
+            now,
+            lease_until: now.saturating_add(Duration::from_secs(30)),
+            expires_at: now.saturating_add(Duration::from_secs(3600)),
+        };
+        match block_on(store.claim(request)).unwrap() {
+            ClaimOutcome::Claimed { fence, .. } => fence,
+            other => panic!("expected a grant, got {other:?}"),
+        }
+    }
+
+    fn completion(body: &'static [u8]) -> Completion {
+        let now = Timestamp::from_millis(1_000);
+        Completion {
+            response: StoredResponse {
+                status: http::StatusCode::OK,
+                headers: Vec::new(),
+                body: Bytes::from_static(body),
+            },
+            events: Vec::new(),
+            completed_at: now,
+            expires_at: now.saturating_add(Duration::from_secs(3600)),
+        }
+    }
+
+    fn lookup(store: &FileStore, key: &RecordKey) -> Option<Record> {
+        block_on(store.lookup(key, Timestamp::from_millis(2_000))).unwrap()
+    }
+
+    #[test]
+    fn a_failed_sync_hides_the_completion_and_stops_writes_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let (a, b) = (key("a"), key("b"));
+        let fence = claim(&store, &a);
+        store.shared.faults.fail_syncs.store(true, Ordering::SeqCst);
+
+        let result = block_on(store.complete(&a, fence, completion(b"lost")));
+        assert!(matches!(result, Err(CompleteError::Store(_))), "{result:?}");
+        let record = lookup(&store, &a).expect("the claim is still held");
+        assert!(matches!(record.state, RecordState::InProgress { .. }));
+        block_on(store.release(&a, fence)).unwrap();
+        assert_eq!(lookup(&store, &a), None);
+
+        // Even with syncs working again, the store refuses writes: the page cache may no
+        // longer match the disk.
+        store
+            .shared
+            .faults
+            .fail_syncs
+            .store(false, Ordering::SeqCst);
+        let fence = claim(&store, &b);
+        let Err(CompleteError::Store(e)) = block_on(store.complete(&b, fence, completion(b"b")))
+        else {
+            panic!("writes must stay refused");
+        };
+        assert!(e.to_string().contains("restart"), "{e}");
+        block_on(store.release(&b, fence)).unwrap();
+        block_on(store.close()).unwrap();
+
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(lookup(&store, &a), None);
+        let fence = claim(&store, &b);
+        block_on(store.complete(&b, fence, completion(b"b"))).unwrap();
+        assert!(lookup(&store, &b).is_some());
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_off_and_later_writes_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let (a, b) = (key("a"), key("b"));
+        let fence = claim(&store, &a);
+        store
+            .shared
+            .faults
+            .fail_writes
+            .store(true, Ordering::SeqCst);
+        let result = block_on(store.complete(&a, fence, completion(b"half")));
+        assert!(matches!(result, Err(CompleteError::Store(_))), "{result:?}");
+        block_on(store.release(&a, fence)).unwrap();
+
+        store
+            .shared
+            .faults
+            .fail_writes
+            .store(false, Ordering::SeqCst);
+        let fence = claim(&store, &b);
+        block_on(store.complete(&b, fence, completion(b"whole"))).unwrap();
+        block_on(store.close()).unwrap();
+
+        let store = FileStore::open(dir.path()).unwrap();
+        assert_eq!(lookup(&store, &a), None);
+        let Some(Record {
+            state: RecordState::Completed { response, .. },
+            ..
+        }) = lookup(&store, &b)
+        else {
+            panic!("b was committed");
+        };
+        assert_eq!(response.body, Bytes::from_static(b"whole"));
     }
 }

@@ -37,8 +37,8 @@ pub(crate) enum WriteOp {
         has_events: bool,
         done: Ack,
     },
-    /// Append a published marker; nobody waits for it.
-    Published { frame: Vec<u8> },
+    /// Append a claim, release or published marker; nobody waits for it.
+    Append { frame: Vec<u8> },
     /// Append the current purge watermark; nobody waits for it.
     Purged,
     /// Extend the fence reservation.
@@ -52,7 +52,7 @@ pub(crate) enum WriteOp {
 impl WriteOp {
     fn len(&self) -> usize {
         match self {
-            Self::Commit { frame, .. } | Self::Published { frame } => frame.len(),
+            Self::Commit { frame, .. } | Self::Append { frame } => frame.len(),
             _ => 0,
         }
     }
@@ -165,7 +165,7 @@ impl Writer {
                     });
                     buf.extend_from_slice(&frame);
                 }
-                WriteOp::Published { frame } => {
+                WriteOp::Append { frame } => {
                     if failure.is_none() {
                         buf.extend_from_slice(&frame);
                     }
@@ -219,7 +219,7 @@ impl Writer {
         }
 
         let start = self.active_len;
-        if let Err(e) = self.active.write_all_at(buf, start) {
+        if let Err(e) = self.write_at(buf, start) {
             let error = self.undo_write(start, "write", e);
             self.fail_commits(commits, &error);
             return;
@@ -276,7 +276,21 @@ impl Writer {
         }
     }
 
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.faults.fail_writes.load(Ordering::SeqCst) {
+            // Half of the bytes reach the file, as when a disk fills up mid-write.
+            self.active.write_all_at(&buf[..buf.len() / 2], offset)?;
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.active.write_all_at(buf, offset)
+    }
+
     fn sync(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.shared.faults.fail_syncs.load(Ordering::SeqCst) {
+            return Err(io::Error::other("injected sync failure"));
+        }
         self.active.sync_data()?;
         self.unsynced = false;
         self.shared.counters.syncs.fetch_add(1, Ordering::Relaxed);

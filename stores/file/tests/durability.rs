@@ -6,6 +6,7 @@ use std::fs::OpenOptions;
 use std::io::{Seek, SeekFrom, Write};
 
 use cnerium_core::{ClaimOutcome, RecordState, Store};
+use cnerium_store_file::format::{self, Entry};
 use futures_executor::block_on;
 use support::*;
 
@@ -101,7 +102,7 @@ fn fences_keep_growing_across_restarts() {
 }
 
 #[test]
-fn a_crashed_owners_key_is_claimable_right_after_restart() {
+fn an_in_progress_claim_survives_reopening_until_its_lease_ends() {
     let dir = tempfile::tempdir().unwrap();
     let k = key("a");
     let store = open(dir.path());
@@ -109,9 +110,62 @@ fn a_crashed_owners_key_is_claimable_right_after_restart() {
     drop(store);
 
     let store = open(dir.path());
+    let record = block_on(store.lookup(&k, at(1_001)))
+        .unwrap()
+        .expect("claim survives");
+    assert_eq!(record.fence(), old);
+    assert!(matches!(record.state, RecordState::InProgress { .. }));
+    let retry = block_on(store.claim(claim_request(&k, at(1_001)))).unwrap();
+    assert!(matches!(retry, ClaimOutcome::Existing(_)));
+
+    let ClaimOutcome::Claimed { fence, takeover } =
+        block_on(store.claim(claim_request(&k, at(1_000).saturating_add(LEASE)))).unwrap()
+    else {
+        panic!("the lease ran out; the claim must be taken over");
+    };
+    assert!(takeover);
+    assert!(fence > old);
+}
+
+#[test]
+fn a_released_claim_stays_released_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("a");
+    let store = open(dir.path());
+    let fence = claim(&store, &k, at(1_000));
+    block_on(store.release(&k, fence)).unwrap();
+    block_on(store.close()).unwrap();
+
+    let store = open(dir.path());
     assert_eq!(block_on(store.lookup(&k, at(1_001))).unwrap(), None);
-    let new = claim(&store, &k, at(1_001));
-    assert!(new > old);
+    assert!(claim(&store, &k, at(1_001)) > fence);
+}
+
+#[test]
+fn a_claim_lost_with_its_unsynced_frame_leaves_the_key_claimable() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key("a");
+    let store = open(dir.path());
+    store_record(&store, &key("kept"), b"kept", vec![], at(1));
+    let path = segments(dir.path()).pop().unwrap();
+    let synced = std::fs::metadata(&path).unwrap().len();
+    let old = claim(&store, &k, at(1_000));
+    block_on(store.close()).unwrap();
+
+    // A power cut drops what was written after the last sync: here, the claim frame.
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(synced)
+        .unwrap();
+    let store = open(dir.path());
+    assert_eq!(block_on(store.lookup(&k, at(1_001))).unwrap(), None);
+    assert!(claim(&store, &k, at(1_001)) > old);
+    assert_eq!(
+        replay(&store, &key("kept"), at(2)).as_deref(),
+        Some(&b"kept"[..])
+    );
 }
 
 #[test]
@@ -136,7 +190,9 @@ fn a_truncated_last_frame_is_skipped_and_earlier_records_recover() {
     let (store, warnings) = capture_warnings(|| open(dir.path()));
     assert_eq!(replay(&store, &key("a"), at(2)).as_deref(), Some(&b"a"[..]));
     assert_eq!(replay(&store, &key("b"), at(2)).as_deref(), Some(&b"b"[..]));
-    assert_eq!(block_on(store.lookup(&key("c"), at(2))).unwrap(), None);
+    // The completion of "c" was lost; its claim frame, written before it, was not.
+    let c = block_on(store.lookup(&key("c"), at(2))).unwrap().unwrap();
+    assert!(matches!(c.state, RecordState::InProgress { .. }));
     assert_eq!(
         warnings.matches("skipped corrupt bytes").count(),
         1,
@@ -181,7 +237,9 @@ fn a_corrupted_byte_mid_segment_loses_only_its_record() {
         let body = replay(&store, &key(name), at(2)).expect("neighbour recovered");
         assert!(body.starts_with(format!("body-of-{name}").as_bytes()));
     }
-    assert_eq!(block_on(store.lookup(&key("c"), at(2))).unwrap(), None);
+    // Only the claim of "c" is left: in progress until its lease runs out.
+    let c = block_on(store.lookup(&key("c"), at(2))).unwrap().unwrap();
+    assert!(matches!(c.state, RecordState::InProgress { .. }));
     assert_eq!(
         warnings.matches("skipped corrupt bytes").count(),
         1,
@@ -190,8 +248,11 @@ fn a_corrupted_byte_mid_segment_loses_only_its_record() {
     assert!(warnings.contains("offset="), "{warnings}");
     assert!(warnings.contains("skipped="), "{warnings}");
     assert!(warnings.contains("torn_tail=false"), "{warnings}");
-    // The corrupt frame's key is new again.
-    claim(&store, &key("c"), at(3));
+    let takeover = block_on(store.claim(claim_request(&key("c"), at(1).saturating_add(LEASE))));
+    assert!(matches!(
+        takeover.unwrap(),
+        ClaimOutcome::Claimed { takeover: true, .. }
+    ));
 }
 
 #[test]
@@ -235,4 +296,90 @@ fn the_store_works_without_any_async_runtime_of_its_own() {
     let results = block_on(futures_util::future::join_all(completions));
     assert!(results.iter().all(Result::is_ok));
     assert!(keys.iter().all(|k| replay(&store, k, at(2)).is_some()));
+}
+
+/// Writes three records (one with events) into a fresh directory and returns the segment's
+/// bytes and where each record's frame starts and ends.
+fn three_records() -> (Vec<u8>, Vec<(String, usize, usize)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let events = if i == 1 {
+            vec![event("evt_b", at(1))]
+        } else {
+            vec![]
+        };
+        store_record(
+            &store,
+            &key(name),
+            format!("body-{name}").as_bytes(),
+            events,
+            at(1),
+        );
+    }
+    block_on(store.close()).unwrap();
+    let bytes = std::fs::read(segments(dir.path()).pop().unwrap()).unwrap();
+
+    let mut frames = Vec::new();
+    let mut at_byte = format::SEGMENT_HEADER_LEN;
+    while at_byte < bytes.len() {
+        let (_, len) = format::check_frame(&bytes[at_byte..]).unwrap();
+        let end = at_byte + len;
+        if let Entry::Record(record) = format::decode_frame(&bytes[at_byte..end]).unwrap() {
+            frames.push((record.key.key().as_str().to_owned(), at_byte, end));
+        }
+        at_byte = end;
+    }
+    assert_eq!(frames.len(), 3);
+    (bytes, frames)
+}
+
+fn fast_options() -> cnerium_store_file::FileStoreOptions {
+    options()
+        .sync(cnerium_store_file::SyncMode::Never)
+        .reader_threads(1)
+}
+
+#[test]
+fn a_crash_at_any_byte_recovers_exactly_the_whole_frames_before_it() {
+    let (bytes, ends) = three_records();
+    for cut in 0..=bytes.len() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("segment-0000000001.log"), &bytes[..cut]).unwrap();
+        let store = cnerium_store_file::FileStore::open_with(dir.path(), fast_options()).unwrap();
+        for (name, _, end) in &ends {
+            let replayed = replay(&store, &key(name), at(2));
+            if *end <= cut {
+                assert_eq!(
+                    replayed.unwrap(),
+                    format!("body-{name}").as_bytes(),
+                    "cut {cut}"
+                );
+            } else {
+                assert_eq!(replayed, None, "{name} must not survive a cut at {cut}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flipped_byte_anywhere_loses_at_most_the_frame_it_hit() {
+    let (bytes, ends) = three_records();
+    for at_byte in 0..bytes.len() {
+        let mut corrupt = bytes.clone();
+        corrupt[at_byte] ^= 0x5A;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("segment-0000000001.log"), &corrupt).unwrap();
+        let store = cnerium_store_file::FileStore::open_with(dir.path(), fast_options()).unwrap();
+        for (name, start, end) in &ends {
+            let hit = (*start..*end).contains(&at_byte);
+            let replayed = replay(&store, &key(name), at(2));
+            if hit {
+                assert_eq!(replayed, None, "{name} was hit at byte {at_byte}");
+            } else {
+                let body = replayed.unwrap_or_else(|| panic!("{name} lost to byte {at_byte}"));
+                assert_eq!(body, format!("body-{name}").as_bytes());
+            }
+        }
+    }
 }

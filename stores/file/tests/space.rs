@@ -204,10 +204,13 @@ fn purged_records_stay_purged_after_restart_without_compaction() {
     let store = small_segments(dir.path());
     assert_eq!(store.stats().records, 1);
     assert!(block_on(store.pending_events(10)).unwrap().is_empty());
-    assert!(claim(&store, &k, later) > fence);
+    let new = claim(&store, &k, later);
+    assert!(new > fence);
     assert_eq!(replay(&store, &kept, later).as_deref(), Some(&b"b"[..]));
 
-    // The watermark outlives compaction of the segments that first recorded it.
+    // The watermark, and the release of the new claim, outlive compaction of the segments
+    // that first recorded them.
+    block_on(store.release(&k, new)).unwrap();
     block_on(store.compact()).unwrap();
     block_on(store.close()).unwrap();
     let store = small_segments(dir.path());
