@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
-    RecordKey, RecordState, Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
+    RecordState, Store, StoreError, Timestamp,
 };
 use cnerium_testkit::conformance;
 use cnerium_testkit::properties;

@@ -18,26 +18,39 @@
 //!
 //! The checks, by name:
 //!
-//! | check | rule |
-//! |---|---|
-//! | `claim grants a free key` | a claim on no record writes the in-progress record and grants a fence |
-//! | `claim returns the live record it cannot replace` | a live, unclaimable record is returned unchanged |
-//! | `claim is atomic under interleaving` | claims polled in turn, one step each: exactly one wins |
-//! | `claim is atomic across threads` | threads racing one key: exactly one `Claimed` |
-//! | `an expired lease is taken over` | at `lease_until` (not before) a claim takes over, with a greater fence |
-//! | `a completed record is kept until it expires` | a completion is not claimable before `expires_at`, and is at it |
-//! | `fences grow across takeover, release and purge` | each grant's fence exceeds every earlier one for the key |
-//! | `complete stores the response and events exactly` | status, headers (order and repeats), body bytes, events, times |
-//! | `complete with a stale fence writes nothing` | a stale, released, purged or repeated completion is `Fenced` |
-//! | `release removes only the claim it names` | a release under another fence, or of a completion, changes nothing |
-//! | `lookup changes nothing and hides expired records` | lookup is read-only; a record at `expires_at` is gone |
-//! | `purge removes exactly the expired records` | `expires_at <= now` is removed and counted, nothing else |
-//! | `scopes and keys never share records` | operation, caller and key each separate records |
-//! | `pending events are listed oldest first` | unpublished completions with events, by `completed_at`, `limit` honoured |
-//! | `mark_published changes only the flag` | the right fence clears the listing; another fence changes nothing |
-//! | `a completion racing a takeover never both win` | under threads, either the completion or the takeover wins |
-//! | `records survive a reopen` | (persistent stores) records and pending events are as before |
-//! | `fences keep growing across a reopen and a purge` | (persistent stores) no fence is granted twice |
+//! - `claim grants a free key`: a claim on no record writes the in-progress record and grants a
+//!   fence.
+//! - `claim returns the live record it cannot replace`: a live, unclaimable record is returned
+//!   unchanged.
+//! - `claim is atomic under interleaving`: claims polled in turn, one step each: exactly one
+//!   wins.
+//! - `claim is atomic across threads`: threads racing one key: exactly one `Claimed`.
+//! - `an expired lease is taken over`: at `lease_until` (not before) a claim takes over, with a
+//!   greater fence.
+//! - `a completed record is kept until it expires`: a completion is not claimable before
+//!   `expires_at`, and is at it.
+//! - `fences grow across takeover, release and purge`: each grant's fence exceeds every earlier
+//!   one for the key.
+//! - `complete stores the response and events exactly`: status, headers (order and repeats),
+//!   body bytes, events, times.
+//! - `complete with a stale fence writes nothing`: a stale, released, purged or repeated
+//!   completion is `Fenced`.
+//! - `release removes only the claim it names`: a release under another fence, or of a
+//!   completion, changes nothing.
+//! - `lookup changes nothing and hides expired records`: lookup is read-only; a record at
+//!   `expires_at` is gone.
+//! - `purge removes exactly the expired records`: `expires_at <= now` is removed and counted,
+//!   nothing else.
+//! - `scopes and keys never share records`: operation, caller and key each separate records.
+//! - `pending events are listed oldest first`: unpublished completions with events, by
+//!   `completed_at`, `limit` honoured.
+//! - `mark_published changes only the flag`: the right fence clears the listing; another fence
+//!   changes nothing.
+//! - `a completion racing a takeover never both win`: under threads, either the completion or
+//!   the takeover wins.
+//! - `records survive a reopen`: (persistent stores) records and pending events are as before.
+//! - `fences keep growing across a reopen and a purge`: (persistent stores) no fence is granted
+//!   twice.
 
 use std::fmt;
 use std::future::Future;
@@ -51,12 +64,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use cnerium_core::{
     ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, Fingerprint,
-    IdempotencyKey, PendingEvents, Record, RecordKey, RecordState, Scope, Store,
-    StoredResponse, Timestamp,
+    IdempotencyKey, PendingEvents, Record, RecordKey, RecordState, Scope, Store, StoredResponse,
+    Timestamp,
 };
 use futures_executor::block_on;
-use http::header::{CONTENT_TYPE, ETAG, HeaderName, HeaderValue, LINK, LOCATION};
 use http::StatusCode;
+use http::header::{CONTENT_TYPE, ETAG, HeaderName, HeaderValue, LINK, LOCATION};
 
 /// Makes empty stores for the suite, and reopens one when the store is persistent.
 pub trait StoreFactory {
@@ -211,9 +224,7 @@ pub fn check<F: StoreFactory>(factory: F) -> Report {
     for (name, check) in checks::<F>() {
         let verdict = match catch_unwind(AssertUnwindSafe(|| check(&factory))) {
             Ok(Ok(Outcome::Done)) => Verdict::Passed,
-            Ok(Ok(Outcome::NotPersistent)) => {
-                Verdict::Skipped("the factory offers no reopen")
-            }
+            Ok(Ok(Outcome::NotPersistent)) => Verdict::Skipped("the factory offers no reopen"),
             Ok(Err(message)) => Verdict::Failed(message),
             Err(panic) => Verdict::Failed(format!("panicked: {}", panic_message(&*panic))),
         };
@@ -318,7 +329,10 @@ fn key(name: &str) -> RecordKey {
 }
 
 fn scoped(scope: Scope, name: &str) -> RecordKey {
-    RecordKey::new(scope, IdempotencyKey::new(name).expect("suite keys are valid"))
+    RecordKey::new(
+        scope,
+        IdempotencyKey::new(name).expect("suite keys are valid"),
+    )
 }
 
 fn fingerprint(n: u8) -> Fingerprint {
@@ -379,7 +393,10 @@ fn completion(tag: &str, events_count: usize, claimed_at: u64, completed_at: u64
     }
 }
 
-async fn claim<S: Store + ?Sized>(store: &S, request: ClaimRequest) -> Result<ClaimOutcome, String> {
+async fn claim<S: Store + ?Sized>(
+    store: &S,
+    request: ClaimRequest,
+) -> Result<ClaimOutcome, String> {
     let key = request.key.clone();
     store
         .claim(request)
@@ -478,7 +495,11 @@ async fn purge<S: Store + ?Sized>(store: &S, now: u64) -> Result<u64, String> {
         .map_err(|e| format!("purge_expired failed: {e}"))
 }
 
-async fn release<S: Store + ?Sized>(store: &S, key: &RecordKey, fence: Fence) -> Result<(), String> {
+async fn release<S: Store + ?Sized>(
+    store: &S,
+    key: &RecordKey,
+    fence: Fence,
+) -> Result<(), String> {
     store
         .release(key, fence)
         .await
@@ -669,7 +690,10 @@ fn a_completed_record_is_kept_until_it_expires<F: StoreFactory>(factory: &F) -> 
             );
         }
         let next = granted(&store, claim_request(&k, 2, RETENTION), false).await?;
-        ensure!(next > fence, "a claim after expiry got fence {next}, not above {fence}");
+        ensure!(
+            next > fence,
+            "a claim after expiry got fence {next}, not above {fence}"
+        );
         Ok(Outcome::Done)
     })
 }
@@ -694,7 +718,10 @@ fn fences_grow<F: StoreFactory>(factory: &F) -> CheckResult {
         complete(&store, &k, f, completion("f", 1, LEASE, LEASE + 1)).await?;
         granted(&store, claim_request(&other, 1, LEASE + 2), false).await?;
         let removed = purge(&store, LEASE + RETENTION).await?;
-        ensure!(removed >= 1, "purge at expiry removed {removed} records, expected at least 1");
+        ensure!(
+            removed >= 1,
+            "purge at expiry removed {removed} records, expected at least 1"
+        );
         let f = granted(&store, claim_request(&k, 1, LEASE + RETENTION), false).await?;
         next(f, "after a purge")?;
         release(&store, &k, f).await?;
@@ -754,7 +781,14 @@ fn complete_with_a_stale_fence_writes_nothing<F: StoreFactory>(factory: &F) -> C
         let request = claim_request(&k, 1, LEASE);
         let new = granted(&store, request.clone(), true).await?;
 
-        fenced(&store, &k, old, completion("old", 1, 0, LEASE + 1), "after a takeover").await?;
+        fenced(
+            &store,
+            &k,
+            old,
+            completion("old", 1, 0, LEASE + 1),
+            "after a takeover",
+        )
+        .await?;
         let found = lookup(&store, &k, LEASE + 2).await?;
         ensure!(
             found == Some(request.in_progress_record(new)),
@@ -768,10 +802,22 @@ fn complete_with_a_stale_fence_writes_nothing<F: StoreFactory>(factory: &F) -> C
         let done = completion("new", 1, LEASE, LEASE + 3);
         complete(&store, &k, new, done.clone()).await?;
         let expected = completed_record(&request, new, &done);
-        fenced(&store, &k, new, completion("again", 1, LEASE, LEASE + 4), "a second time")
-            .await?;
-        fenced(&store, &k, old, completion("old", 1, 0, LEASE + 5), "on a completed record")
-            .await?;
+        fenced(
+            &store,
+            &k,
+            new,
+            completion("again", 1, LEASE, LEASE + 4),
+            "a second time",
+        )
+        .await?;
+        fenced(
+            &store,
+            &k,
+            old,
+            completion("old", 1, 0, LEASE + 5),
+            "on a completed record",
+        )
+        .await?;
         let found = lookup(&store, &k, LEASE + 6).await?;
         ensure!(
             found.as_ref() == Some(&expected),
@@ -779,7 +825,14 @@ fn complete_with_a_stale_fence_writes_nothing<F: StoreFactory>(factory: &F) -> C
         );
 
         let unknown = key("stale-unknown");
-        fenced(&store, &unknown, new, completion("u", 1, 0, 1), "of a key never claimed").await?;
+        fenced(
+            &store,
+            &unknown,
+            new,
+            completion("u", 1, 0, 1),
+            "of a key never claimed",
+        )
+        .await?;
         ensure!(
             lookup(&store, &unknown, 2).await?.is_none(),
             "a refused completion of an unknown key created a record"
@@ -788,7 +841,14 @@ fn complete_with_a_stale_fence_writes_nothing<F: StoreFactory>(factory: &F) -> C
         let released = key("stale-released");
         let fence = granted(&store, claim_request(&released, 1, 0), false).await?;
         release(&store, &released, fence).await?;
-        fenced(&store, &released, fence, completion("r", 1, 0, 1), "after a release").await?;
+        fenced(
+            &store,
+            &released,
+            fence,
+            completion("r", 1, 0, 1),
+            "after a release",
+        )
+        .await?;
         ensure!(
             lookup(&store, &released, 2).await?.is_none(),
             "a refused completion of a released key created a record"
@@ -797,7 +857,14 @@ fn complete_with_a_stale_fence_writes_nothing<F: StoreFactory>(factory: &F) -> C
         let purged = key("stale-purged");
         let fence = granted(&store, claim_request(&purged, 1, 0), false).await?;
         purge(&store, RETENTION).await?;
-        fenced(&store, &purged, fence, completion("p", 1, 0, RETENTION), "after a purge").await?;
+        fenced(
+            &store,
+            &purged,
+            fence,
+            completion("p", 1, 0, RETENTION),
+            "after a purge",
+        )
+        .await?;
         Ok(Outcome::Done)
     })
 }
@@ -822,7 +889,10 @@ fn release_removes_only_its_claim<F: StoreFactory>(factory: &F) -> CheckResult {
         );
         release(&store, &k, new).await?;
         let found = lookup(&store, &k, LEASE + 2).await?;
-        ensure!(found.is_none(), "release left the record: lookup returned {found:?}");
+        ensure!(
+            found.is_none(),
+            "release left the record: lookup returned {found:?}"
+        );
         release(&store, &k, new).await?;
         granted(&store, claim_request(&k, 2, LEASE + 3), false).await?;
 
@@ -886,7 +956,10 @@ fn purge_removes_exactly_expired<F: StoreFactory>(factory: &F) -> CheckResult {
         complete(&store, &c, fc, completion("c", 1, 2_000, 2_010)).await?;
 
         let removed = purge(&store, RETENTION - 1).await?;
-        ensure!(removed == 0, "purge before any expiry removed {removed} records");
+        ensure!(
+            removed == 0,
+            "purge before any expiry removed {removed} records"
+        );
         let removed = purge(&store, RETENTION).await?;
         ensure!(
             removed == 1,
@@ -898,17 +971,30 @@ fn purge_removes_exactly_expired<F: StoreFactory>(factory: &F) -> CheckResult {
                 && lookup(&store, &c, RETENTION).await?.is_some(),
             "purge removed a record that had not expired"
         );
-        let listed: Vec<RecordKey> = pending(&store, 10).await?.into_iter().map(|p| p.key).collect();
+        let listed: Vec<RecordKey> = pending(&store, 10)
+            .await?
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
         ensure!(
             listed == vec![c.clone()],
             "after purging a record, pending_events listed {listed:?}; expected only {c}"
         );
         let removed = purge(&store, RETENTION).await?;
-        ensure!(removed == 0, "a second purge at the same time removed {removed} records");
+        ensure!(
+            removed == 0,
+            "a second purge at the same time removed {removed} records"
+        );
         let removed = purge(&store, RETENTION + 5_000).await?;
-        ensure!(removed == 2, "purge after every expiry removed {removed} records, expected 2");
+        ensure!(
+            removed == 2,
+            "purge after every expiry removed {removed} records, expected 2"
+        );
         let fresh = granted(&store, claim_request(&a, 1, RETENTION + 5_000), false).await?;
-        ensure!(fresh > fa, "a claim after a purge got fence {fresh}, not above {fa}");
+        ensure!(
+            fresh > fa,
+            "a claim after a purge got fence {fresh}, not above {fa}"
+        );
         Ok(Outcome::Done)
     })
 }
@@ -930,9 +1016,9 @@ fn scopes_and_keys_are_isolated<F: StoreFactory>(factory: &F) -> CheckResult {
         let mut requests = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             let request = claim_request(k, i as u8, 0);
-            let fence = granted(&store, request.clone(), false).await.map_err(|e| {
-                format!("{e} (each scope and key must name its own record)")
-            })?;
+            let fence = granted(&store, request.clone(), false)
+                .await
+                .map_err(|e| format!("{e} (each scope and key must name its own record)"))?;
             requests.push((request, fence));
         }
         let (first, fence) = &requests[0];
@@ -986,7 +1072,10 @@ fn pending_events_oldest_first<F: StoreFactory>(factory: &F) -> CheckResult {
             listed == expected,
             "pending_events(10) returned {:?}; expected {:?} with their events in order",
             listed.iter().map(|p| p.key.to_string()).collect::<Vec<_>>(),
-            expected.iter().map(|p| p.key.to_string()).collect::<Vec<_>>()
+            expected
+                .iter()
+                .map(|p| p.key.to_string())
+                .collect::<Vec<_>>()
         );
         let two = pending(&store, 2).await?;
         ensure!(
@@ -1131,7 +1220,10 @@ fn records_survive_a_reopen<F: StoreFactory>(factory: &F) -> CheckResult {
         return Ok(Outcome::NotPersistent);
     };
     block_on(async {
-        for (k, record) in [&running, &unpublished, &published].into_iter().zip(&before.0) {
+        for (k, record) in [&running, &unpublished, &published]
+            .into_iter()
+            .zip(&before.0)
+        {
             let found = lookup(&store, k, 30).await?;
             ensure!(
                 found == *record,
@@ -1169,7 +1261,10 @@ fn fences_grow_across_reopen<F: StoreFactory>(factory: &F) -> CheckResult {
              earlier {first}"
         );
         let takeover = granted(&store, claim_request(&k, 1, RETENTION + LEASE), true).await?;
-        ensure!(takeover > fence, "a takeover after a reopen got fence {takeover}, not above {fence}");
+        ensure!(
+            takeover > fence,
+            "a takeover after a reopen got fence {takeover}, not above {fence}"
+        );
         Ok(Outcome::Done)
     })
 }

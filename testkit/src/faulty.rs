@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record,
-    RecordKey, Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
+    Store, StoreError, Timestamp,
 };
 
 use crate::gate::{Gate, sleep};
@@ -383,8 +383,10 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
     }
 
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        self.guarded(StoreMethod::Lookup, Some(key), || self.inner.lookup(key, now))
-            .await
+        self.guarded(StoreMethod::Lookup, Some(key), || {
+            self.inner.lookup(key, now)
+        })
+        .await
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {

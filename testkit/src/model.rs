@@ -311,7 +311,12 @@ impl Model {
         Ok(published)
     }
 
-    fn claim(&mut self, id: RequestId, req: &Req, expected: &mut Expected) -> Result<Claimed, Answer> {
+    fn claim(
+        &mut self,
+        id: RequestId,
+        req: &Req,
+        expected: &mut Expected,
+    ) -> Result<Claimed, Answer> {
         if self.consume(StoreMethod::Claim) {
             return Err(Answer::ClaimFailed);
         }

@@ -264,8 +264,8 @@ impl Req {
 
     /// The simulated request.
     pub fn to_sim(self) -> SimRequest {
-        let mut request =
-            SimRequest::new(self.key.as_str(), self.body.bytes()).behaviour(self.script.behaviour());
+        let mut request = SimRequest::new(self.key.as_str(), self.body.bytes())
+            .behaviour(self.script.behaviour());
         if let Some(caller) = self.caller.id() {
             request = request.caller(caller);
         }
@@ -333,10 +333,18 @@ impl fmt::Display for Property {
         f.write_str(match self {
             Self::HandlerRunsOnce => "a handler runs at most once per live record",
             Self::ReplayIsIdentical => "a replay is byte-identical to the first answer",
-            Self::ReusedKeyConflicts => "a reused key with another body answers 409 without running the handler",
-            Self::EventsAfterCommit => "events are published once per committed record, only after the commit",
-            Self::FencedCompletionDropped => "a completion whose lease was taken over is never stored",
-            Self::RetentionHonoured => "a record is neither used past its retention nor lost before it",
+            Self::ReusedKeyConflicts => {
+                "a reused key with another body answers 409 without running the handler"
+            }
+            Self::EventsAfterCommit => {
+                "events are published once per committed record, only after the commit"
+            }
+            Self::FencedCompletionDropped => {
+                "a completion whose lease was taken over is never stored"
+            }
+            Self::RetentionHonoured => {
+                "a record is neither used past its retention nor lost before it"
+            }
             Self::LeaseTakeover => "a claim whose lease ran out is taken over",
             Self::ScopesIsolated => "two callers never share a record",
             Self::MatchesModel => "the route behaves as the model predicts",
@@ -700,7 +708,11 @@ impl<'a> Checker<'a> {
             .sim
             .send_concurrently(reqs.iter().map(|r| r.to_sim()).collect())
             .await;
-        let tagged: Vec<(RequestId, Req)> = sent.iter().map(|s| s.id()).zip(reqs.iter().copied()).collect();
+        let tagged: Vec<(RequestId, Req)> = sent
+            .iter()
+            .map(|s| s.id())
+            .zip(reqs.iter().copied())
+            .collect();
         self.model.send(&tagged)
     }
 
@@ -769,8 +781,8 @@ impl<'a> Checker<'a> {
             Answer::Replay(_) | Answer::InProgress if ran => Property::HandlerRunsOnce,
             Answer::Replay(_) => Property::RetentionHonoured,
             Answer::Fresh { reason, stored } => {
-                let done_elsewhere = response.is_replay()
-                    || response.problem_type().as_deref() == Some(KEY_REUSED);
+                let done_elsewhere =
+                    response.is_replay() || response.problem_type().as_deref() == Some(KEY_REUSED);
                 match reason {
                     _ if ran => Property::MatchesModel,
                     ClaimReason::AfterRetention => Property::RetentionHonoured,
@@ -805,7 +817,9 @@ impl<'a> Checker<'a> {
         };
         match answer {
             Answer::Fresh { stored, .. } => {
-                ensure(!response.is_replay(), || "a first answer, not a replay".into())?;
+                ensure(!response.is_replay(), || {
+                    "a first answer, not a replay".into()
+                })?;
                 let first = expected_first_answer(stored);
                 ensure(response.status == first.status(), || {
                     format!("status {}", first.status())
@@ -840,7 +854,10 @@ impl<'a> Checker<'a> {
             }
             Answer::KeyReused => problem(self.key_reused_status, KEY_REUSED),
             Answer::InProgress => {
-                problem(StatusCode::CONFLICT, "urn:cnerium:problem:request-in-progress")?;
+                problem(
+                    StatusCode::CONFLICT,
+                    "urn:cnerium:problem:request-in-progress",
+                )?;
                 ensure(response.headers.contains_key(RETRY_AFTER), || {
                     "a Retry-After header".into()
                 })
@@ -882,14 +899,20 @@ impl<'a> Checker<'a> {
         ))
     }
 
-    fn compare_events(&mut self, expected: &Expected, batches: &[Vec<Event>]) -> Result<(), Failure> {
+    fn compare_events(
+        &mut self,
+        expected: &Expected,
+        batches: &[Vec<Event>],
+    ) -> Result<(), Failure> {
         let fail = |detail: String| Err((Property::EventsAfterCommit, detail));
         let describe = |batches: &[Vec<Event>]| -> Vec<String> {
             batches
                 .iter()
                 .map(|b| {
-                    let kinds: Vec<String> =
-                        b.iter().map(|e| format!("{}{}", e.kind, e.payload)).collect();
+                    let kinds: Vec<String> = b
+                        .iter()
+                        .map(|e| format!("{}{}", e.kind, e.payload))
+                        .collect();
                     kinds.join(" + ")
                 })
                 .collect()
@@ -930,11 +953,7 @@ impl<'a> Checker<'a> {
                 }
                 Some(_) => {}
                 None => {
-                    let taken = self
-                        .ids
-                        .values()
-                        .flatten()
-                        .any(|id| ids.contains(id));
+                    let taken = self.ids.values().flatten().any(|id| ids.contains(id));
                     let unique: BTreeSet<&String> = ids.iter().collect();
                     if taken || unique.len() != ids.len() {
                         return fail(format!(
@@ -1004,7 +1023,10 @@ fn expected_first_answer(stored: &StoredAnswer) -> http::Response<Bytes> {
 fn events_match(expected: &Batch, actual: &[Event]) -> bool {
     let want = standard_events(expected.key.as_str(), expected.run);
     want.len() == actual.len()
-        && want.iter().zip(actual).all(|((kind, room, payload), event)| {
-            event.kind == *kind && event.room.as_deref() == *room && event.payload == *payload
-        })
+        && want
+            .iter()
+            .zip(actual)
+            .all(|((kind, room, payload), event)| {
+                event.kind == *kind && event.room.as_deref() == *room && event.payload == *payload
+            })
 }

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cnerium_core::{
-    BoxError, Clock, DurableRequest, DurableResponse, DurableRoute, Engine, EngineConfig,
-    Event, EventSink, Handler, IdempotencyKey, ManualClock, Record, RecordKey, Scope, Store,
-    StoreError, Timestamp,
+    BoxError, Clock, DurableRequest, DurableResponse, DurableRoute, Engine, EngineConfig, Event,
+    EventSink, Handler, IdempotencyKey, ManualClock, Record, RecordKey, Scope, Store, StoreError,
+    Timestamp,
 };
 use futures_util::future::BoxFuture;
 use http::header::{CONTENT_TYPE, ETAG, HeaderName, HeaderValue, LOCATION, SET_COOKIE};
@@ -422,12 +422,7 @@ impl Shared {
             // Unwinding without `panic!` skips the panic hook, so tests stay quiet.
             Outcome::Panic => std::panic::resume_unwind(Box::new("simulated handler crash")),
             Outcome::Error => Err("simulated handler error".into()),
-            Outcome::Respond(status) => Ok(standard_response(
-                &key,
-                caller.as_deref(),
-                run,
-                status,
-            )),
+            Outcome::Respond(status) => Ok(standard_response(&key, caller.as_deref(), run, status)),
         }
     }
 }

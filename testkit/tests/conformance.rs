@@ -10,7 +10,10 @@ fn memory_store_passes_every_check_that_applies() {
     for (name, verdict) in &report.checks {
         match *name {
             "records survive a reopen" | "fences keep growing across a reopen and a purge" => {
-                assert!(matches!(verdict, Verdict::Skipped(_)), "{name}: {verdict:?}")
+                assert!(
+                    matches!(verdict, Verdict::Skipped(_)),
+                    "{name}: {verdict:?}"
+                )
             }
             _ => assert_eq!(*verdict, Verdict::Passed, "{name}"),
         }

@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fingerprint, IdempotencyKey,
-    RecordKey, Scope, Store, StoredResponse, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fingerprint, IdempotencyKey, RecordKey,
+    Scope, Store, StoredResponse, Timestamp,
 };
 use cnerium_store_memory::MemoryStore;
 use cnerium_testkit::{Fault, FaultyStore, Gate, StoreMethod, Trigger, block_on};
@@ -45,7 +45,10 @@ fn the_nth_call_counts_from_when_the_rule_is_added() {
         store.plan().fail_nth(StoreMethod::Claim, 2);
         assert!(store.claim(claim("b")).await.is_ok());
         assert!(store.claim(claim("c")).await.is_err());
-        assert!(store.claim(claim("c")).await.is_ok(), "an nth rule fires once");
+        assert!(
+            store.claim(claim("c")).await.is_ok(),
+            "an nth rule fires once"
+        );
     });
     assert_eq!(store.plan().calls(StoreMethod::Claim), 4);
     assert_eq!(store.plan().fired(), 1);
@@ -71,7 +74,10 @@ fn a_failure_after_the_call_still_writes() {
             .inject(StoreMethod::Complete, Trigger::Nth(1), Fault::FailAfter);
         let outcome = store.complete(&key("a"), fence, completion()).await;
         assert!(matches!(outcome, Err(CompleteError::Store(_))));
-        let record = store.inner().lookup(&key("a"), Timestamp::from_millis(2)).await;
+        let record = store
+            .inner()
+            .lookup(&key("a"), Timestamp::from_millis(2))
+            .await;
         assert!(matches!(
             record.unwrap().unwrap().state,
             cnerium_core::RecordState::Completed { .. }
@@ -115,7 +121,10 @@ fn a_held_call_waits_for_its_gate() {
     while gate.waiting() == 0 {
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(store.inner().is_empty(), "the held claim has not reached the store");
+    assert!(
+        store.inner().is_empty(),
+        "the held claim has not reached the store"
+    );
     gate.open();
     assert!(matches!(
         waiting.join().unwrap(),

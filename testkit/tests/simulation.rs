@@ -70,8 +70,16 @@ fn a_handler_hanging_past_its_lease_loses_to_the_retry() {
         let replay = sim.send(order("k")).await.answered();
         assert_eq!(replay.run(), Some(2), "the fenced run's result was stored");
     });
-    let runs: Vec<u64> = sim.events().iter().map(|e| e.payload["run"].as_u64().unwrap()).collect();
-    assert_eq!(runs, [2, 2], "only the committed run publishes its two events");
+    let runs: Vec<u64> = sim
+        .events()
+        .iter()
+        .map(|e| e.payload["run"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        [2, 2],
+        "only the committed run publishes its two events"
+    );
 }
 
 #[test]
@@ -142,14 +150,18 @@ fn a_key_reused_with_another_body_conflicts_without_running_the_handler() {
 fn a_json_body_re_serialized_still_replays_but_raw_bytes_must_match() {
     let mut sim = Simulation::new(MemoryStore::new());
     block_on(async {
-        sim.send(SimRequest::new("j", r#"{"a":1,"b":2}"#)).await.answered();
+        sim.send(SimRequest::new("j", r#"{"a":1,"b":2}"#))
+            .await
+            .answered();
         let respaced = sim
             .send(SimRequest::new("j", r#"{ "b": 2, "a": 1 }"#))
             .await
             .answered();
         assert!(respaced.is_replay());
 
-        sim.send(SimRequest::new("r", r#"{"a":1}"#).raw()).await.answered();
+        sim.send(SimRequest::new("r", r#"{"a":1}"#).raw())
+            .await
+            .answered();
         let respaced = sim
             .send(SimRequest::new("r", r#"{ "a": 1 }"#).raw())
             .await
@@ -201,11 +213,21 @@ fn a_restart_republishes_the_events_the_sink_refused() {
         assert_eq!(sim.sink().refused().len(), 1);
 
         assert_eq!(sim.restart().await.unwrap(), 2);
-        let refused_ids: Vec<String> = sim.sink().refused()[0].iter().map(|e| e.id.clone()).collect();
+        let refused_ids: Vec<String> = sim.sink().refused()[0]
+            .iter()
+            .map(|e| e.id.clone())
+            .collect();
         let published_ids: Vec<String> = sim.events().iter().map(|e| e.id.clone()).collect();
-        assert_eq!(published_ids, refused_ids, "a republished event keeps its id");
+        assert_eq!(
+            published_ids, refused_ids,
+            "a republished event keeps its id"
+        );
 
-        assert_eq!(sim.restart().await.unwrap(), 0, "published events are not repeated");
+        assert_eq!(
+            sim.restart().await.unwrap(),
+            0,
+            "published events are not repeated"
+        );
     });
 }
 
@@ -226,13 +248,23 @@ fn a_restart_abandons_running_requests_whose_claims_then_time_out() {
         assert_eq!(sim.abandoned(), [crashed]);
         assert!(sim.in_flight().is_empty());
 
-        let record = sim.lookup("k", None).await.unwrap().expect("the claim survived");
+        let record = sim
+            .lookup("k", None)
+            .await
+            .unwrap()
+            .expect("the claim survived");
         assert!(matches!(record.state, RecordState::InProgress { .. }));
-        assert_eq!(sim.send(order("k")).await.answered().status, StatusCode::CONFLICT);
+        assert_eq!(
+            sim.send(order("k")).await.answered().status,
+            StatusCode::CONFLICT
+        );
 
         sim.advance(LEASE);
         let takeover = sim.send(order("k")).await.answered();
-        assert_eq!((takeover.status, takeover.run()), (StatusCode::CREATED, Some(2)));
+        assert_eq!(
+            (takeover.status, takeover.run()),
+            (StatusCode::CREATED, Some(2))
+        );
     });
     assert_eq!(reopened.load(Ordering::SeqCst), 1);
 }
@@ -243,10 +275,15 @@ fn a_custom_handler_runs_once_per_key_under_the_simulation() {
         request.emit("custom.done", serde_json::json!({}))?;
         Ok::<_, cnerium_core::BoxError>(DurableResponse::text(StatusCode::ACCEPTED, "queued"))
     };
-    let mut sim = Simulation::builder(MemoryStore::new()).handler(handler).build();
+    let mut sim = Simulation::builder(MemoryStore::new())
+        .handler(handler)
+        .build();
     block_on(async {
         let first = sim.send(order("k")).await.answered();
-        assert_eq!((first.status, &first.body[..]), (StatusCode::ACCEPTED, &b"queued"[..]));
+        assert_eq!(
+            (first.status, &first.body[..]),
+            (StatusCode::ACCEPTED, &b"queued"[..])
+        );
         assert!(sim.send(order("k")).await.answered().is_replay());
         let failed = sim.send(order("other").fails()).await.answered();
         assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);

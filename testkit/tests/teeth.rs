@@ -7,9 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, DurableRequest, Event, EventSink,
-    Fence, Handler, PendingEvents, Record, RecordKey, RecordState, Scope, Store, StoreError,
-    Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, DurableRequest, Event, EventSink, Fence,
+    Handler, PendingEvents, Record, RecordKey, RecordState, Scope, Store, StoreError, Timestamp,
 };
 use cnerium_store_memory::MemoryStore;
 use cnerium_testkit::conformance::{self, Report};
@@ -94,9 +93,9 @@ impl PlantedStore {
 impl PlantedStore {
     /// Whether `request` may claim (and whether that is a takeover), or the record that
     /// stops it.
-    fn decide(&self, data: &Data, request: &ClaimRequest) -> Result<bool, Record> {
+    fn decide(&self, data: &Data, request: &ClaimRequest) -> Result<bool, Box<Record>> {
         match data.records.get(&request.key) {
-            Some(r) if !self.claimable(r, request.now) => Err(r.clone()),
+            Some(r) if !self.claimable(r, request.now) => Err(Box::new(r.clone())),
             Some(r) => {
                 Ok(self.live(r, request.now) && matches!(r.state, RecordState::InProgress { .. }))
             }
@@ -120,7 +119,7 @@ impl Store for PlantedStore {
             let mut data = self.lock();
             return Ok(match self.decide(&data, &request) {
                 Ok(takeover) => grant(&mut data, request, takeover),
-                Err(existing) => ClaimOutcome::Existing(existing),
+                Err(existing) => ClaimOutcome::Existing(*existing),
             });
         }
         // The bug: the decision and the write are two steps with a yield in between.
@@ -129,7 +128,7 @@ impl Store for PlantedStore {
         std::thread::yield_now();
         Ok(match decided {
             Ok(takeover) => grant(&mut self.lock(), request, takeover),
-            Err(existing) => ClaimOutcome::Existing(existing),
+            Err(existing) => ClaimOutcome::Existing(*existing),
         })
     }
 
@@ -221,11 +220,7 @@ impl Store for PlantedStore {
 
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         let data = self.lock();
-        Ok(data
-            .records
-            .get(key)
-            .filter(|r| self.live(r, now))
-            .cloned())
+        Ok(data.records.get(key).filter(|r| self.live(r, now)).cloned())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
@@ -304,7 +299,9 @@ impl Store for ScopelessStore {
         fence: Fence,
         completion: Completion,
     ) -> Result<(), CompleteError> {
-        self.0.complete(&without_caller(key), fence, completion).await
+        self.0
+            .complete(&without_caller(key), fence, completion)
+            .await
     }
 
     async fn release(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
@@ -394,7 +391,10 @@ fn a_claim_that_is_not_atomic_fails_the_interleaving_check() {
         "a completion racing a takeover never both win",
     ];
     for (name, _) in report.failures() {
-        assert!(racing.contains(&name), "unexpected failure of `{name}`:\n{report}");
+        assert!(
+            racing.contains(&name),
+            "unexpected failure of `{name}`:\n{report}"
+        );
     }
 }
 
@@ -450,7 +450,11 @@ fn events_published_before_the_commit_are_caught() {
     properties::check_schedule(MemoryStore::new(), &schedule).unwrap();
 
     let failure = properties::check_simulations(eager, search()).unwrap_err();
-    assert_eq!(failure.violation.property, Property::EventsAfterCommit, "{failure}");
+    assert_eq!(
+        failure.violation.property,
+        Property::EventsAfterCommit,
+        "{failure}"
+    );
     assert!(failure.schedule.len() <= 2, "not shrunk:\n{failure}");
 }
 
@@ -491,7 +495,11 @@ fn a_replay_that_loses_its_status_or_location_is_caught() {
     assert_eq!(violation.step, 1);
 
     let failure = properties::check_store(RewritingStore::default, search()).unwrap_err();
-    assert_eq!(failure.violation.property, Property::ReplayIsIdentical, "{failure}");
+    assert_eq!(
+        failure.violation.property,
+        Property::ReplayIsIdentical,
+        "{failure}"
+    );
     assert_eq!(failure.schedule.len(), 2, "not shrunk:\n{failure}");
 }
 
@@ -512,7 +520,11 @@ fn two_scopes_sharing_records_are_caught() {
     );
 
     let failure = properties::check_store(ScopelessStore::default, search()).unwrap_err();
-    assert_eq!(failure.violation.property, Property::ScopesIsolated, "{failure}");
+    assert_eq!(
+        failure.violation.property,
+        Property::ScopesIsolated,
+        "{failure}"
+    );
 }
 
 #[test]
@@ -523,7 +535,10 @@ fn a_lease_that_never_expires_after_a_crash_is_caught() {
             ..Bugs::default()
         })
     };
-    assert_check_fails(&conformance::check(eternal), "an expired lease is taken over");
+    assert_check_fails(
+        &conformance::check(eternal),
+        "an expired lease is taken over",
+    );
 
     // The process dies while the handler runs; after the lease a retry must run it again.
     let schedule = [
@@ -540,7 +555,11 @@ fn a_lease_that_never_expires_after_a_crash_is_caught() {
     properties::check_schedule(MemoryStore::new(), &schedule).unwrap();
 
     let failure = properties::check_store(eternal, search()).unwrap_err();
-    assert_eq!(failure.violation.property, Property::LeaseTakeover, "{failure}");
+    assert_eq!(
+        failure.violation.property,
+        Property::LeaseTakeover,
+        "{failure}"
+    );
 }
 
 #[test]
