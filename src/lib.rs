@@ -14,6 +14,8 @@
 //! |---|---|---|
 //! | `warp` | yes | [`warp`](crate::warp): durable routes in a warp filter tree |
 //! | `realtime` | yes | [`realtime`](crate::realtime): the WebSocket event hub on tokio |
+//! | `tide` | no | `tide`: durable routes as tide 0.16 endpoints, on async-std |
+//! | `realtime-async-std` | no | `realtime`: the same hub with its listener on async-std |
 //! | `memory-store` | yes | [`stores::MemoryStore`] |
 //! | `file-store` | yes | [`stores::FileStore`], the durable embedded store |
 //!
@@ -63,7 +65,10 @@ pub use config::{AppConfig, ConfigError, RealtimeEndpoint};
 #[cfg(feature = "warp")]
 pub use cnerium_warp as warp;
 
-#[cfg(feature = "realtime")]
+#[cfg(feature = "tide")]
+pub use cnerium_tide as tide;
+
+#[cfg(any(feature = "realtime", feature = "realtime-async-std"))]
 pub use cnerium_realtime as realtime;
 
 /// Record stores.
