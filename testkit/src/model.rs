@@ -132,6 +132,7 @@ struct Claimed {
 pub struct Model {
     lease: u64,
     retention: u64,
+    store_server_errors: bool,
     now: u64,
     records: BTreeMap<(Caller, Key), ModelRecord>,
     claims: u64,
@@ -144,11 +145,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// A model with the engine's lease and retention, in milliseconds.
+    /// A model with the engine's lease and retention, in milliseconds, that stores 5xx
+    /// answers like any other.
     pub fn new(lease: u64, retention: u64) -> Self {
         Self {
             lease,
             retention,
+            store_server_errors: true,
             now: 0,
             records: BTreeMap::new(),
             claims: 0,
@@ -159,6 +162,13 @@ impl Model {
             unstored_runs: BTreeSet::new(),
             fenced_runs: BTreeSet::new(),
         }
+    }
+
+    /// Follows the engine setting of that name: when false, a 5xx answer of the handler is
+    /// sent but not stored, and the claim is released.
+    pub fn store_server_errors(mut self, store: bool) -> Self {
+        self.store_server_errors = store;
+        self
     }
 
     /// Requests whose handler holds, oldest first.
@@ -374,6 +384,21 @@ impl Model {
             }
             Some(status) => status,
         };
+        let (caller, key) = claim.record;
+        let stored = StoredAnswer {
+            status,
+            run: claim.run,
+            key,
+            caller,
+        };
+        if status.is_server_error() && !self.store_server_errors {
+            self.unstored_runs.insert(claim.run);
+            self.give_up(claim);
+            return Answer::Fresh {
+                stored,
+                reason: claim.reason,
+            };
+        }
         if self.consume(StoreMethod::Complete) {
             self.unstored_runs.insert(claim.run);
             self.give_up(claim);
@@ -389,13 +414,6 @@ impl Model {
             return Answer::LeaseLost;
         }
 
-        let (caller, key) = claim.record;
-        let stored = StoredAnswer {
-            status,
-            run: claim.run,
-            key,
-            caller,
-        };
         let events = claim.script.stages_events();
         let mut published = false;
         if events {

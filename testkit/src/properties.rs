@@ -48,8 +48,9 @@
 //! properties::check_store(MemoryStore::new, properties::Search::cases(16)).unwrap();
 //! ```
 //!
-//! The check assumes the standard simulated handler and the engine's default statuses;
-//! lease and retention are read from the simulation's engine configuration.
+//! The check assumes the standard simulated handler. It follows the simulation's engine
+//! configuration for the lease, the retention, the status of a reused key and whether 5xx
+//! answers are stored; the clock jumps are sized for the default lease and retention.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -615,7 +616,8 @@ impl<'a> Checker<'a> {
     fn new(sim: &'a mut Simulation) -> Self {
         let config = sim.engine().config();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let model = Model::new(millis(config.lease), millis(config.retention));
+        let model = Model::new(millis(config.lease), millis(config.retention))
+            .store_server_errors(config.store_server_errors);
         let key_reused_status = config.key_reused_status;
         Self {
             sim,

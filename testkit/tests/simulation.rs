@@ -292,3 +292,28 @@ fn a_custom_handler_runs_once_per_key_under_the_simulation() {
     let kinds: Vec<String> = sim.events().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["custom.done"]);
 }
+
+#[test]
+fn a_server_error_is_retried_when_the_engine_does_not_store_it() {
+    let config = cnerium_core::EngineConfig {
+        store_server_errors: false,
+        ..Default::default()
+    };
+    let mut sim = Simulation::builder(MemoryStore::new())
+        .config(config)
+        .build();
+    let broken = || order("k").status(StatusCode::BAD_GATEWAY);
+    block_on(async {
+        assert_eq!(
+            sim.send(broken()).await.answered().status,
+            StatusCode::BAD_GATEWAY
+        );
+        let retry = sim.send(broken()).await.answered();
+        assert!(!retry.is_replay());
+        assert_eq!(retry.run(), Some(2));
+    });
+    assert!(
+        sim.events().is_empty(),
+        "an unstored answer publishes nothing"
+    );
+}
