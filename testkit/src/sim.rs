@@ -460,9 +460,9 @@ impl SimulationBuilder {
         self
     }
 
-    /// Records published events into `sink` (the test keeps a clone) instead of a sink of
-    /// its own; combined with [`sink`](Self::sink), `sink` records what the target
-    /// accepted only if it was made with [`RecordingSink::forwarding`].
+    /// Records published events into `sink`, a clone of which the test keeps, instead of a
+    /// recorder of the simulation's own. It takes the place of any [`sink`](Self::sink):
+    /// to forward as well, make it with [`RecordingSink::forwarding`].
     pub fn recording_into(mut self, sink: RecordingSink) -> Self {
         self.recorder = Some(sink);
         self

@@ -364,7 +364,14 @@ fn the_planted_store_without_bugs_passes_everything() {
         PlantedStore::reopen,
     ));
     assert_eq!(report.passed(), conformance::CHECKS.len(), "{report}");
-    properties::check_store(PlantedStore::default, search()).unwrap_or_else(|f| panic!("{f}"));
+    let simulation = || {
+        let store = PlantedStore::default();
+        let data = store.clone();
+        Simulation::builder(store)
+            .reopen(move |_old| Arc::new(data.clone().reopen()))
+            .build()
+    };
+    properties::check_simulations(simulation, search()).unwrap_or_else(|f| panic!("{f}"));
 }
 
 #[test]
@@ -602,4 +609,24 @@ fn fences_reused_after_a_reopen_are_caught() {
         &conformance::check(factory),
         "fences keep growing across a reopen and a purge",
     );
+
+    // Through the engine: event ids derive from the fence, so a fence granted twice for one
+    // key gives two commits the same event ids.
+    let simulation = || {
+        let store = PlantedStore::with(Bugs {
+            fence_resets_on_reopen: true,
+            ..Bugs::default()
+        });
+        let data = store.clone();
+        Simulation::builder(store)
+            .reopen(move |_old| Arc::new(data.clone().reopen()))
+            .build()
+    };
+    let failure = properties::check_simulations(simulation, search()).unwrap_err();
+    assert_eq!(
+        failure.violation.property,
+        Property::EventsAfterCommit,
+        "{failure}"
+    );
+    assert!(failure.violation.detail.contains("not unique"), "{failure}");
 }
