@@ -317,3 +317,37 @@ fn a_server_error_is_retried_when_the_engine_does_not_store_it() {
         "an unstored answer publishes nothing"
     );
 }
+
+#[test]
+fn a_quoted_key_and_a_bare_key_name_one_record() {
+    let mut sim = Simulation::new(MemoryStore::new());
+    block_on(async {
+        sim.send(order("\"k-1\"")).await.answered();
+        assert!(sim.send(order("k-1")).await.answered().is_replay());
+    });
+    assert_eq!(sim.handler_runs().len(), 1);
+}
+
+#[test]
+fn a_commit_that_landed_but_reported_failure_is_replayed_and_published_on_recovery() {
+    let mut sim = Simulation::new(MemoryStore::new());
+    sim.faults().inject(
+        StoreMethod::Complete,
+        cnerium_testkit::Trigger::Nth(1),
+        cnerium_testkit::Fault::FailAfter,
+    );
+    block_on(async {
+        let failed = sim.send(order("k")).await.answered();
+        assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(sim.events().is_empty(), "nothing is published after a failed commit");
+
+        // The write landed, so the retry replays the run the client never saw.
+        let retry = sim.send(order("k")).await.answered();
+        assert!(retry.is_replay());
+        assert_eq!(retry.run(), Some(1));
+
+        // Its events wait for the next recovery.
+        assert_eq!(sim.restart().await.unwrap(), 2);
+    });
+    assert_eq!(sim.handler_runs().len(), 1);
+}
