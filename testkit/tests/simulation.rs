@@ -339,7 +339,10 @@ fn a_commit_that_landed_but_reported_failure_is_replayed_and_published_on_recove
     block_on(async {
         let failed = sim.send(order("k")).await.answered();
         assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(sim.events().is_empty(), "nothing is published after a failed commit");
+        assert!(
+            sim.events().is_empty(),
+            "nothing is published after a failed commit"
+        );
 
         // The write landed, so the retry replays the run the client never saw.
         let retry = sim.send(order("k")).await.answered();
