@@ -132,9 +132,26 @@ async fn purge_periodically(engine: Engine) {
     }
 }
 
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
 async fn shutdown_signal() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // Without a signal handler the service runs until killed.
-        std::future::pending::<()>().await;
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
 }
