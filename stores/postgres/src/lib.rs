@@ -22,12 +22,14 @@
 //! Every [`Store`] method is one statement, run in its own implicit transaction, so one
 //! call costs one round-trip once the pooled connection has prepared the statement:
 //!
-//! - `claim` is an `INSERT ... ON CONFLICT DO UPDATE ... WHERE <existing record is claimable>
-//!   RETURNING`, wrapped in a CTE whose second branch reads the existing record when the
-//!   claim is not granted. The row lock of the conflict makes concurrent claims of one key
-//!   queue up, so exactly one is granted. In the rare race where the statement's snapshot
-//!   misses a record that a concurrent claim committed a moment earlier, the statement is
-//!   run again.
+//! - `claim` is one statement: a CTE reads the record, an `INSERT ... ON CONFLICT DO UPDATE
+//!   ... WHERE <existing record is claimable> RETURNING` writes the claim, and a last branch
+//!   returns the existing record when the claim is not granted. When the record read is
+//!   live and not claimable (a replay, a conflict, a request in progress) the insert
+//!   produces no row, so the statement only reads: a replay locks and writes nothing. The
+//!   row lock of the conflict makes concurrent claims of one key queue up, so exactly one
+//!   is granted. In the rare race where the statement's snapshot misses a record that a
+//!   concurrent claim committed a moment earlier, the statement is run again.
 //! - Fences come from a `BIGINT` sequence, which never goes back, so a fence is greater than
 //!   every fence granted before it, across takeovers, releases and purges.
 //! - `complete`, `release` and `mark_published` are an `UPDATE` or `DELETE` whose `WHERE`

@@ -70,16 +70,29 @@ impl Statements {
         // $1 record key, $2 operation, $3 caller, $4 idempotency key, $5 fingerprint
         // version, $6 fingerprint, $7 lease until, $8 now, $9 expires at.
         //
-        // The insert either creates the record, or replaces it when the existing one is
-        // claimable at $8; the row it returns is the granted claim. When it returns nothing
-        // the second branch reads the record that stood in the way. `took_over` remembers
-        // whether the replaced record was a live claim whose lease ran out.
+        // `found` reads the record as the statement's snapshot shows it. When that record is
+        // live and not claimable (a replay, a conflict, a request in progress) the insert
+        // produces no row, so the statement only reads: no fence is drawn, no row is locked
+        // and nothing is written. Otherwise the insert creates the record, or replaces it
+        // when the newest version is claimable at $8 (ON CONFLICT looks past the snapshot);
+        // the row it returns is the granted claim. When it returns nothing, the last branch
+        // returns the record that stood in the way. `took_over` remembers whether the
+        // replaced record was a live claim whose lease ran out.
         let claim = format!(
-            "WITH claimed AS (
+            "WITH found AS (
+                SELECT {columns} FROM {records} WHERE record_key = $1::bytea
+            ),
+            claimed AS (
                 INSERT INTO {records} AS r (record_key, operation, caller, idempotency_key,
                     fingerprint_version, fingerprint, state, fence, lease_until, created_at,
                     expires_at)
-                VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', nextval('{fences}'), $7, $8, $9)
+                SELECT $1::bytea, $2::text, $3::text, $4::text, $5::smallint, $6::bytea,
+                    'in_progress', nextval('{fences}'), $7::bigint, $8::bigint, $9::bigint
+                WHERE NOT EXISTS (
+                    SELECT 1 FROM found
+                    WHERE found.expires_at > $8
+                        AND (found.state = 'completed' OR found.lease_until > $8)
+                )
                 ON CONFLICT (record_key) DO UPDATE SET
                     fingerprint_version = EXCLUDED.fingerprint_version,
                     fingerprint = EXCLUDED.fingerprint,
@@ -102,8 +115,8 @@ impl Statements {
             )
             SELECT true AS granted, {columns} FROM claimed
             UNION ALL
-            SELECT false AS granted, {columns} FROM {records}
-            WHERE record_key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
+            SELECT false AS granted, {columns} FROM found
+            WHERE NOT EXISTS (SELECT 1 FROM claimed)"
         );
 
         // $1 key, $2 fence, $3 completed at, $4 expires at, $5 status, $6 header names,

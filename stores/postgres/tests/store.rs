@@ -65,6 +65,42 @@ async fn claim_of_a_live_record_returns_it_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_claim_that_finds_a_live_record_writes_nothing() {
+    let schema = TestSchema::new("claim_read_only").await;
+    let store = schema.connect().await;
+    let k = key("k1");
+    let (fence, _) = claimed(&store, claim(&k, fingerprint(1), T0)).await;
+    store
+        .complete(&k, fence, completion(T0, vec![]))
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&common::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions = format!(
+        "SELECT r.xmin::text || '/' || r.xmax::text, s.last_value
+        FROM \"{0}\".cnerium_records r, \"{0}\".cnerium_fences s",
+        schema.name
+    );
+    let before = client.query_one(&versions, &[]).await.unwrap();
+
+    for _ in 0..3 {
+        existing(&store, claim(&k, fingerprint(1), T0)).await;
+        existing(&store, claim(&k, fingerprint(2), T0)).await;
+    }
+
+    let after = client.query_one(&versions, &[]).await.unwrap();
+    let row_version = |row: &tokio_postgres::Row| (row.get::<_, String>(0), row.get::<_, i64>(1));
+    assert_eq!(
+        row_version(&after),
+        row_version(&before),
+        "a replay locked or rewrote the row, or drew a fence"
+    );
+    schema.drop().await;
+}
+
+#[tokio::test]
 async fn claim_after_the_lease_is_a_takeover_with_a_greater_fence() {
     let schema = TestSchema::new("claim_takeover").await;
     let store = schema.connect().await;
