@@ -323,7 +323,7 @@ impl DurableRoute {
     /// missing or malformed key, or for a declared `Content-Length` over the limit.
     pub fn precheck(&self, parts: &Parts) -> Option<Response<Bytes>> {
         if let Err(e) = IdempotencyKey::from_headers(&parts.headers) {
-            return Some(key_problem(&e));
+            return Some(finish(key_problem(&e)));
         }
         let declared = parts
             .headers
@@ -531,13 +531,19 @@ impl DurableRoute {
                 );
             }
             Err(CompleteError::Store(e)) => {
-                error!(record = %record_key, error = %e, "store failed to commit");
-                self.release(&record_key, fence).await;
-                return problem_response(
-                    ProblemKind::StoreUnavailable,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the result could not be stored, so it was not kept; retry with the same key",
-                );
+                // The write may have landed before the failure was reported; then the result
+                // is stored and a retry would replay it, so this caller must get it too.
+                if !self.committed_despite_error(&record_key, fence).await {
+                    error!(record = %record_key, error = %e, "store failed to commit");
+                    self.release(&record_key, fence).await;
+                    return problem_response(
+                        ProblemKind::StoreUnavailable,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the result could not be stored, so the operation's outcome was not \
+                         kept; retry with the same key",
+                    );
+                }
+                warn!(record = %record_key, error = %e, "commit reported failure but landed");
             }
         }
 
@@ -545,6 +551,17 @@ impl DurableRoute {
             self.publish(&record_key, fence, &events).await;
         }
         response
+    }
+
+    /// Whether the record is completed under `fence` after all.
+    async fn committed_despite_error(&self, record_key: &RecordKey, fence: Fence) -> bool {
+        let now = self.engine.inner.clock.now();
+        match self.engine.inner.store.lookup(record_key, now).await {
+            Ok(Some(record)) => {
+                matches!(record.state, RecordState::Completed { fence: f, .. } if f == fence)
+            }
+            _ => false,
+        }
     }
 
     async fn publish(&self, record_key: &RecordKey, fence: Fence, events: &[crate::Event]) {

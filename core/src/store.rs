@@ -437,8 +437,8 @@ pub trait Store: Send + Sync {
     /// the record is gone or belongs to another fence.
     async fn mark_published(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError>;
 
-    /// Completed, live records whose events were not marked published, oldest first, at
-    /// most `limit` of them. Records without events are never listed.
+    /// Completed records, not yet purged, whose events were not marked published, oldest
+    /// completion first, at most `limit` of them. Records without events are never listed.
     async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvents>, StoreError>;
 
     /// The live record of `key` at `now`, if any. Never changes anything.

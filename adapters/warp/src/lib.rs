@@ -29,6 +29,7 @@
 //! receives the stored result.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 
 use bytes::{Buf, Bytes, BytesMut};
 use cnerium_core::DurableRoute;
@@ -97,12 +98,17 @@ where
     *request.headers_mut() = headers;
 
     let (parts, _) = request.into_parts();
+    let mut body = std::pin::pin!(body);
     if let Some(refused) = route.precheck(&parts) {
-        return with_nosniff(refused);
+        drain(body.as_mut()).await;
+        return refused;
     }
-    let body = match read_limited(body, route.body_limit()).await {
+    let body = match read_limited(body.as_mut(), route.body_limit()).await {
         Ok(body) => body,
-        Err(BodyRead::TooLarge) => return route.body_too_large(),
+        Err(BodyRead::TooLarge) => {
+            drain(body.as_mut()).await;
+            return route.body_too_large();
+        }
         Err(BodyRead::Failed(e)) => {
             return with_nosniff(problem(
                 StatusCode::BAD_REQUEST,
@@ -130,12 +136,11 @@ enum BodyRead {
     Failed(warp::Error),
 }
 
-async fn read_limited<S, B>(body: S, limit: usize) -> Result<Bytes, BodyRead>
+async fn read_limited<S, B>(mut body: Pin<&mut S>, limit: usize) -> Result<Bytes, BodyRead>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut body = std::pin::pin!(body);
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(BodyRead::Failed)?;
@@ -150,6 +155,27 @@ where
         }
     }
     Ok(collected.freeze())
+}
+
+/// Most bytes of a refused body read and thrown away before answering.
+///
+/// Answering before the client finished sending makes the server close the connection
+/// mid-upload, and many clients then report a reset instead of the answer. Reading a
+/// bounded remainder lets them see the 4xx; a larger body is cut off.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
+async fn drain<S, B>(mut body: Pin<&mut S>)
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut drained = 0;
+    while let Some(Ok(chunk)) = body.next().await {
+        drained += chunk.remaining();
+        if drained > DRAIN_LIMIT {
+            return;
+        }
+    }
 }
 
 fn bad_target() -> Response<Bytes> {
