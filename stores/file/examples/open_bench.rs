@@ -1,8 +1,11 @@
 //! Times `FileStore::open` on a directory holding 1,000,000 small completed records.
 //!
 //! ```text
-//! cargo run --release -p cnerium-store-file --example open_bench [-- RECORDS]
+//! cargo run --release -p cnerium-store-file --example open_bench [-- RECORDS [DIR]]
 //! ```
+//!
+//! With `DIR`, the records are written there (and kept); a `DIR` that already holds a store
+//! is only reopened, which makes repeated timings and profiles cheap.
 
 use std::time::Instant;
 
@@ -23,13 +26,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(n) => n.parse()?,
         None => 1_000_000,
     };
-    let dir = tempfile::tempdir()?;
-    let now = Timestamp::from_millis(1_764_788_709_000);
+    let temporary = tempfile::tempdir()?;
+    let dir = match std::env::args().nth(2) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => temporary.path().to_path_buf(),
+    };
+    if !dir.join("FENCE").exists() {
+        load(&dir, records)?;
+    }
+
+    let started = Instant::now();
+    let store = FileStore::open(&dir)?;
+    let elapsed = started.elapsed();
+    let stats = store.stats();
+    println!(
+        "open: {} records in {} segments in {:.3} s",
+        stats.records,
+        stats.segments,
+        elapsed.as_secs_f64()
+    );
+
+    let probe = RecordKey::new(Scope::new("orders.create"), key(records / 2));
+    let record = block_on(store.lookup(&probe, now()))?.ok_or("probe record missing")?;
+    println!("probe {probe} replays fence {}", record.fence());
+    block_on(store.close())?;
+    Ok(())
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(1_764_788_709_000)
+}
+
+/// Writes `records` completed records into `dir`, printing progress.
+fn load(dir: &std::path::Path, records: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let now = now();
     let day = std::time::Duration::from_secs(24 * 3600);
 
     // Loading runs without per-batch fsync: the figure of interest is the reopen.
     let load = FileStoreOptions::default().sync(SyncMode::Never);
-    let store = FileStore::open_with(dir.path(), load)?;
+    let store = FileStore::open_with(dir, load)?;
     let started = Instant::now();
     let scope = Scope::new("orders.create");
     for chunk in (0..records).collect::<Vec<_>>().chunks(BATCH) {
@@ -72,29 +107,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     block_on(store.close())?;
     drop(store);
 
-    let size: u64 = std::fs::read_dir(dir.path())?
+    let size: u64 = std::fs::read_dir(dir)?
         .map(|e| {
             e.map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
                 .unwrap_or(0)
         })
         .sum();
     println!("directory holds {:.1} MiB", size as f64 / (1024.0 * 1024.0));
-
-    let started = Instant::now();
-    let store = FileStore::open(dir.path())?;
-    let elapsed = started.elapsed();
-    let stats = store.stats();
-    println!(
-        "open: {} records in {} segments in {:.3} s",
-        stats.records,
-        stats.segments,
-        elapsed.as_secs_f64()
-    );
-
-    let probe = RecordKey::new(scope, key(records / 2));
-    let record = block_on(store.lookup(&probe, now))?.ok_or("probe record missing")?;
-    println!("probe {probe} replays fence {}", record.fence());
-    block_on(store.close())?;
     Ok(())
 }
 

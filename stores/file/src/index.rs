@@ -318,12 +318,15 @@ impl Index {
         true
     }
 
+    // Recovery: the `recover_*` methods touch only the slots, one hash lookup per frame in
+    // the common case; `finish_recovery` then builds the orders and counts in one pass.
+
     /// Recovery: a published marker found on disk. Returns false when the completion it
     /// names is not (or not yet) in the index.
     pub(crate) fn recover_published(&mut self, key: &[u8], fence: u64) -> bool {
-        match self.slots.get(key) {
+        match self.slots.get_mut(key) {
             Some(Slot::Committed(c)) if c.fence == fence => {
-                self.set_published(key, fence);
+                c.published = true;
                 true
             }
             _ => false,
@@ -334,57 +337,76 @@ impl Index {
     /// completion beats the claim it completed.
     pub(crate) fn recover_claim(&mut self, key: &[u8], claim: Claim) {
         self.next_fence = self.next_fence.max(claim.fence.saturating_add(1));
-        if self
-            .slots
-            .get(key)
-            .is_some_and(|slot| slot.fence() >= claim.fence)
-        {
-            return;
+        match self.slots.get_mut(key) {
+            Some(slot) if slot.fence() >= claim.fence => {}
+            Some(slot) => *slot = Slot::Claimed(Box::new(claim)),
+            None => {
+                self.slots
+                    .insert(Arc::from(key), Slot::Claimed(Box::new(claim)));
+            }
         }
-        let key = self.shared_key(key);
-        self.insert(key, Slot::Claimed(Box::new(claim)));
     }
 
     /// Recovery: a release marker found on disk. Returns false when the claim it names is
     /// not (or not yet) in the index.
     pub(crate) fn recover_released(&mut self, key: &[u8], fence: u64) -> bool {
-        match self.slots.get(key) {
-            Some(Slot::Claimed(claim)) if claim.fence == fence => {
-                self.remove(key);
-                true
-            }
-            _ => false,
+        let released = matches!(
+            self.slots.get(key),
+            Some(Slot::Claimed(claim)) if claim.fence == fence
+        );
+        if released {
+            self.slots.remove(key);
         }
-    }
-
-    /// Whether `key` is claimed under `fence`: its claim frame must outlive compaction.
-    pub(crate) fn is_claimed(&self, key: &[u8], fence: u64) -> bool {
-        matches!(self.slots.get(key), Some(Slot::Claimed(c)) if c.fence == fence)
+        released
     }
 
     /// Recovery: a record frame found on disk. The highest fence per key wins; a copy of
     /// the same completion (left by an interrupted compaction) only adds its published flag.
     pub(crate) fn recover_record(&mut self, key: &[u8], committed: Committed) {
         self.next_fence = self.next_fence.max(committed.fence.saturating_add(1));
-        match self.slots.get(key) {
+        match self.slots.get_mut(key) {
             Some(slot) if slot.fence() > committed.fence => {}
             Some(Slot::Committed(c)) if c.fence == committed.fence => {
-                if committed.published {
-                    self.set_published(key, committed.fence);
-                }
+                c.published |= committed.published;
             }
-            Some(_) => {
-                let key = self.shared_key(key);
-                self.insert(key, Slot::Committed(committed));
-            }
+            Some(slot) => *slot = Slot::Committed(committed),
             None => {
-                // The common case at open: one hash lookup above, one insert here.
-                let key: Key = Arc::from(key);
-                let slot = Slot::Committed(committed);
-                self.attach(&key, &slot);
-                self.slots.insert(key, slot);
+                self.slots
+                    .insert(Arc::from(key), Slot::Committed(committed));
             }
         }
+    }
+
+    /// Recovery: builds the expiry and pending orders and the live byte counts from the
+    /// slots, after the last `recover_*` call.
+    pub(crate) fn finish_recovery(&mut self) {
+        for usage in self.usage.values_mut() {
+            usage.live = 0;
+            usage.records = 0;
+        }
+        let mut by_expiry = Vec::with_capacity(self.slots.len());
+        let mut pending = Vec::new();
+        for (key, slot) in &self.slots {
+            by_expiry.push(((slot.expires_at(), slot.fence()), key.clone()));
+            if let Some(order) = slot.pending_events() {
+                pending.push((order, key.clone()));
+            }
+            if let Slot::Committed(c) = slot {
+                let usage = self.usage.entry(c.location.segment).or_default();
+                usage.live += u64::from(c.location.len);
+                usage.records += 1;
+            }
+        }
+        // Sorted input lets the maps be built in bulk.
+        by_expiry.sort_unstable_by_key(|(order, _)| *order);
+        pending.sort_unstable_by_key(|(order, _)| *order);
+        self.by_expiry = by_expiry.into_iter().collect();
+        self.pending = pending.into_iter().collect();
+    }
+
+    /// Whether `key` is claimed under `fence`: its claim frame must outlive compaction.
+    pub(crate) fn is_claimed(&self, key: &[u8], fence: u64) -> bool {
+        matches!(self.slots.get(key), Some(Slot::Claimed(c)) if c.fence == fence)
     }
 
     /// Makes room for `additional` more keys without rehashing.
@@ -456,7 +478,12 @@ mod tests {
         let mut index = Index::default();
         index.recover_record(b"k", committed(2, 7, 10));
         index.recover_record(b"k", committed(1, 3, 10));
+        index.finish_recovery();
         assert_eq!(index.slot(b"k").map(Slot::fence), Some(7));
         assert_eq!(index.next_fence, 8);
+        assert_eq!(index.usage()[&2].live, 100);
+        assert!(!index.usage().contains_key(&1));
+        assert_eq!(index.pending(10).len(), 1);
+        assert_eq!(index.purge_some(10, 10), (1, false));
     }
 }

@@ -184,6 +184,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     for (key, fence) in unmatched_releases {
         index.recover_released(&key, fence);
     }
+    index.finish_recovery();
     // Purged records stay purged, even where compaction has not dropped their frames yet.
     let mut purged = 0;
     loop {
