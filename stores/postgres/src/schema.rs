@@ -77,7 +77,9 @@ impl Statements {
         // when the newest version is claimable at $8 (ON CONFLICT looks past the snapshot);
         // the row it returns is the granted claim. When it returns nothing, the last branch
         // returns the record that stood in the way. `took_over` remembers whether the
-        // replaced record was a live claim whose lease ran out.
+        // replaced record was a live claim whose lease ran out. A fence drawn before the
+        // record being replaced got its own (the statement waited on its row lock) is
+        // drawn again, so the new fence exceeds the old one.
         let claim = format!(
             "WITH found AS (
                 SELECT {columns} FROM {records} WHERE record_key = $1::bytea
@@ -97,7 +99,8 @@ impl Statements {
                     fingerprint_version = EXCLUDED.fingerprint_version,
                     fingerprint = EXCLUDED.fingerprint,
                     state = 'in_progress',
-                    fence = GREATEST(EXCLUDED.fence, r.fence + 1),
+                    fence = CASE WHEN EXCLUDED.fence > r.fence THEN EXCLUDED.fence
+                        ELSE nextval('{fences}') END,
                     took_over = (r.state = 'in_progress' AND r.expires_at > $8),
                     lease_until = EXCLUDED.lease_until,
                     created_at = EXCLUDED.created_at,

@@ -258,6 +258,31 @@ async fn completion_is_stored_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn event_payloads_keep_their_json_text() {
+    let prefix = TestPrefix::new("payload_text").await;
+    let store = prefix.connect().await;
+    let k = key("k1");
+    let (fence, _) = claimed(&store, claim(&k, fingerprint(1), T0)).await;
+    let text = r#"{"amount":1.50,"exp":1e2,"big":123456789012345678901234567890,"s":"\u00e9"}"#;
+    let mut event = event("order.created", None, 1);
+    event.payload = serde_json::from_str(text).unwrap();
+
+    store
+        .complete(&k, fence, completion(T0, vec![event.clone()]))
+        .await
+        .unwrap();
+
+    let pending = store.pending_events(1).await.unwrap();
+    assert_eq!(pending[0].events, [event.clone()]);
+    assert_eq!(
+        pending[0].events[0].payload.to_string(),
+        event.payload.to_string(),
+        "a recovered envelope carries the payload as first published"
+    );
+    prefix.clean().await;
+}
+
+#[tokio::test]
 async fn completion_under_a_stale_fence_is_fenced_and_stores_nothing() {
     let prefix = TestPrefix::new("complete_fenced").await;
     let store = prefix.connect().await;
