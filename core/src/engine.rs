@@ -225,6 +225,16 @@ impl Engine {
         }
     }
 
+    /// Events committed at or after `since`, for a client catching up after a reconnect;
+    /// see [`Store::events_since`].
+    pub async fn events_since(
+        &self,
+        since: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::Event>, StoreError> {
+        self.inner.store.events_since(since, limit).await
+    }
+
     /// Removes expired records from the store; returns how many were removed.
     pub async fn purge_expired(&self) -> Result<u64, StoreError> {
         let now = self.inner.clock.now();

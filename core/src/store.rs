@@ -447,6 +447,22 @@ pub trait Store: Send + Sync {
     /// Removes records whose `expires_at` is at or before `now` and returns how many were
     /// removed. Must not block concurrent requests for longer than a single claim does.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Events of completed records not yet purged whose completion time is at or after
+    /// `since`, ordered by completion time (then fence, then staging order), at most `limit`
+    /// of them, whether or not they were marked published.
+    ///
+    /// This is the history a reconnecting WebSocket client catches up from, so that an
+    /// event lost in flight (a crash after the commit, a dropped connection) still reaches
+    /// it. It never changes anything. Stores that keep no such history leave the default,
+    /// which answers [`StoreError`] "unsupported"; reconnecting clients then get live events
+    /// only.
+    async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let _ = (since, limit);
+        Err(StoreError::new(
+            "this store keeps no event history to catch up from",
+        ))
+    }
 }
 
 /// Defaults shared by engines and stores.

@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
-    RecordState, Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, PendingEvents, Record,
+    RecordKey, RecordState, Store, StoreError, Timestamp,
 };
 
 /// Records in memory.
@@ -160,6 +160,31 @@ impl Store for MemoryStore {
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         let inner = self.lock();
         Ok(inner.records.get(key).filter(|r| r.is_live(now)).cloned())
+    }
+
+    async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let inner = self.lock();
+        let mut completed: Vec<(Timestamp, Fence, &Vec<Event>)> = inner
+            .records
+            .values()
+            .filter_map(|record| match &record.state {
+                RecordState::Completed {
+                    fence,
+                    events,
+                    completed_at,
+                    ..
+                } if *completed_at >= since && !events.is_empty() => {
+                    Some((*completed_at, *fence, events))
+                }
+                _ => None,
+            })
+            .collect();
+        completed.sort_by_key(|(completed_at, fence, _)| (*completed_at, *fence));
+        Ok(completed
+            .into_iter()
+            .flat_map(|(_, _, events)| events.iter().cloned())
+            .take(limit)
+            .collect())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
