@@ -4,65 +4,14 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cnerium_core::{
-    DurableRequest, DurableResponse, Engine, EngineConfig, Event, EventSink, ManualClock,
-};
+use cnerium_core::{DurableRequest, DurableResponse, Engine, EngineConfig, EventSink, ManualClock};
 use cnerium_store_redis::{ConnectError, RedisEventRelay, RedisEventSink};
 use cnerium_testkit::RecordingSink;
+use common::replica::{Replica, marker};
 use common::{T0, TestPrefix, event};
 use http::{Request, StatusCode};
-
-/// One replica's receiving side: its local sink (a WebSocket hub in a service) fed by a
-/// relay running on a task of its own.
-struct Replica {
-    local: RecordingSink,
-    relay: tokio::task::JoinHandle<()>,
-}
-
-impl Replica {
-    async fn start(channel: &str) -> Self {
-        let local = RecordingSink::new();
-        let relay = RedisEventRelay::subscribe(&common::url(), channel, Arc::new(local.clone()))
-            .await
-            .expect("subscribing to the test channel");
-        Self {
-            local,
-            relay: tokio::spawn(relay.run()),
-        }
-    }
-
-    /// Waits until the local sink received `marker`, then returns everything it received
-    /// before it. Redis delivers a channel's messages to a subscriber in order, so a repeat
-    /// of anything published before the marker would have arrived before it.
-    async fn received_before(&self, marker: &Event) -> Vec<Event> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let events = self.local.events();
-            if let Some(at) = events.iter().position(|e| e.id == marker.id) {
-                assert_eq!(at + 1, events.len(), "events after the marker: {events:?}");
-                return events[..at].to_vec();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "marker not relayed; got {events:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.relay.abort();
-    }
-}
-
-fn marker(n: u64) -> Event {
-    event("test.marker", None, n)
-}
 
 #[tokio::test]
 async fn one_publish_reaches_every_replica_exactly_once() {
@@ -167,60 +116,6 @@ async fn messages_that_are_not_envelopes_are_skipped() {
 }
 
 #[tokio::test]
-async fn the_relay_subscribes_again_after_losing_its_connection() {
-    let channel = "cnerium-test:relay:reconnect";
-    let prefix = TestPrefix::new("relay_reconnect").await;
-    let mut raw = prefix.raw().await;
-    let before = pubsub_client_ids(&mut raw).await;
-    let replica = Replica::start(channel).await;
-    let relay_ids: Vec<String> = pubsub_client_ids(&mut raw)
-        .await
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
-    assert!(!relay_ids.is_empty(), "the relay's connection is listed");
-
-    for id in &relay_ids {
-        let _: () = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(id)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let subscribers: Vec<(String, u64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        let resubscribed = pubsub_client_ids(&mut raw)
-            .await
-            .iter()
-            .any(|id| !before.contains(id) && !relay_ids.contains(id));
-        if subscribers[0].1 == 1 && resubscribed {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay did not subscribe again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let sink = RedisEventSink::connect(&common::url(), channel)
-        .await
-        .unwrap();
-    let after = event("order.created", None, 1);
-    sink.publish(&[after.clone(), marker(2)]).await.unwrap();
-
-    assert_eq!(replica.received_before(&marker(2)).await, [after]);
-    prefix.clean().await;
-}
-
-#[tokio::test]
 async fn subscribing_to_an_unreachable_server_fails() {
     let local: Arc<dyn EventSink> = Arc::new(RecordingSink::new());
     let result = RedisEventRelay::subscribe("redis://127.0.0.1:1/", "c", local.clone()).await;
@@ -233,19 +128,4 @@ async fn subscribing_to_an_unreachable_server_fails() {
         matches!(result, Err(ConnectError::InvalidUrl(_))),
         "{result:?}"
     );
-}
-
-/// Ids of the server's pub/sub connections.
-async fn pubsub_client_ids(raw: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(raw)
-        .await
-        .unwrap();
-    list.lines()
-        .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("id=")))
-        .map(str::to_owned)
-        .collect()
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod on_runtime;
+pub mod replica;
 
 use std::time::Duration;
 
