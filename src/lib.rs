@@ -90,3 +90,8 @@ impl Clock for SystemClock {
         Timestamp::from_system_time(std::time::SystemTime::now())
     }
 }
+
+/// The README's Rust examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
