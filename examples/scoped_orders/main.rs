@@ -203,10 +203,7 @@ async fn run(args: Args) -> Result<(), String> {
 }
 
 /// `GET /health` and `POST /orders` for authenticated callers, every refusal a problem.
-fn routes(
-    engine: &Engine,
-    users: Arc<Users>,
-) -> BoxedFilter<(warp::reply::Response,)> {
+fn routes(engine: &Engine, users: Arc<Users>) -> BoxedFilter<(warp::reply::Response,)> {
     let health = warp::path("health")
         .and(warp::path::end())
         .and(warp::get())
@@ -248,9 +245,7 @@ impl warp::reject::Reject for Unauthenticated {}
 
 /// Passes requests that authenticate as a known user; rejects the others before the durable
 /// route sees them, so nothing of theirs is claimed or stored.
-fn authenticated(
-    users: Arc<Users>,
-) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+fn authenticated(users: Arc<Users>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::header::headers_cloned()
         .and_then(move |headers: HeaderMap| {
             let known = users.caller(&headers).is_some();
