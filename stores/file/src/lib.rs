@@ -13,6 +13,8 @@
 //! ```
 //!
 //! See [`FileStore`] for what survives a crash, and [`format`](mod@format) for the bytes on disk.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod compactor;
 mod error;

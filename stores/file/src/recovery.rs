@@ -4,14 +4,15 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::Instant;
 
 use tracing::{debug, warn};
 
 use crate::error::OpenError;
-use crate::format::{self, FORMAT_VERSION, SEGMENT_HEADER_LEN, Summary};
+use crate::format::{self, FORMAT_VERSION, FRAME_HEADER_LEN, SEGMENT_HEADER_LEN, Summary};
 use crate::index::{Claim, Committed, Index, Location};
 use crate::options::FileStoreOptions;
 use crate::segment::{self, Found};
@@ -52,136 +53,116 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     let mut index = Index::default();
     let mut files = HashMap::new();
     let mut lengths = HashMap::new();
-    let mut unmatched_markers: Vec<(Vec<u8>, u64)> = Vec::new();
-    let mut unmatched_releases: Vec<(Vec<u8>, u64)> = Vec::new();
-    let mut purged_upto = 0;
-    let mut buf = Vec::new();
+    let mut pending_markers = Markers::default();
+    let purged_upto;
     index.reserve(estimate_records(dir, &ids));
-    for &id in &ids {
-        let path = segment::segment_path(dir, id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| OpenError::io("open", &path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| OpenError::io("inspect", &path, e))?
-            .len();
-        segment::read_all(&file, len, &mut buf).map_err(|e| OpenError::io("read", &path, e))?;
 
-        match format::segment_version(&buf) {
-            Some(FORMAT_VERSION) => {}
-            Some(version) => return Err(OpenError::UnsupportedFormat { path, version }),
-            None if buf.len() < SEGMENT_HEADER_LEN => {}
-            None => {
+    // One thread reads and checks segments (checksums are most of the scanning) while this
+    // one rebuilds the index from the previous segment.
+    let (loaded_tx, loaded_rx) = mpsc::sync_channel::<Result<Loaded, OpenError>>(1);
+    let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+    let ids_to_load = &ids;
+    std::thread::scope(|scope| -> Result<(), OpenError> {
+        scope.spawn(move || {
+            for &id in ids_to_load {
+                let buf = spare_rx.try_recv().unwrap_or_default();
+                let loaded = load(dir, id, buf);
+                let failed = loaded.is_err();
+                if loaded_tx.send(loaded).is_err() || failed {
+                    return;
+                }
+            }
+        });
+
+        for loaded in loaded_rx {
+            let Loaded {
+                id,
+                path,
+                file,
+                mut len,
+                buf,
+                spans,
+                header_corrupt,
+            } = loaded?;
+            if header_corrupt {
                 // Frames start after the header whatever it holds, so rewriting it loses
                 // nothing.
                 warn!(path = %path.display(), "segment header is corrupt; rewriting it");
                 file.write_all_at(&format::segment_header(), 0)
                     .map_err(|e| OpenError::io("repair", &path, e))?;
             }
-        }
-        let start = SEGMENT_HEADER_LEN;
-        let mut torn_at = None;
-        segment::scan(&buf, start, |found| match found {
-            Found::Frame {
-                offset,
-                len,
-                payload,
-            } => match format::summarize(payload) {
-                Ok(Summary::Record(record)) => {
-                    let location = Location {
-                        segment: id,
-                        len: u32::try_from(len).unwrap_or(u32::MAX),
-                        offset: offset as u64,
-                    };
-                    index.recover_record(
-                        record.key,
-                        Committed {
-                            location,
-                            fence: record.fence,
-                            expires_at: record.expires_at,
-                            completed_at: record.completed_at,
-                            has_events: record.has_events,
-                            published: record.events_published,
-                        },
-                    );
-                }
-                Ok(Summary::Published { key, fence }) => {
-                    if !index.recover_published(key, fence) {
-                        unmatched_markers.push((key.to_vec(), fence));
+
+            let mut torn_at = None;
+            for span in spans {
+                match span {
+                    Span::Frame { offset, len } => {
+                        let payload = &buf[offset + FRAME_HEADER_LEN..offset + len];
+                        match format::summarize(payload) {
+                            Ok(summary) => {
+                                let location = Location {
+                                    segment: id,
+                                    len: u32::try_from(len).unwrap_or(u32::MAX),
+                                    offset: offset as u64,
+                                };
+                                apply(&mut index, summary, location, &mut pending_markers);
+                            }
+                            Err(e) => warn!(
+                                path = %path.display(),
+                                offset,
+                                error = %e,
+                                "skipped an entry this build cannot read"
+                            ),
+                        }
                     }
-                }
-                Ok(Summary::Purged { upto }) => purged_upto = purged_upto.max(upto),
-                Ok(Summary::Claim(claim)) => index.recover_claim(
-                    claim.key,
-                    Claim {
-                        fingerprint: claim.fingerprint,
-                        fence: claim.fence,
-                        created_at: claim.created_at,
-                        lease_until: claim.lease_until,
-                        expires_at: claim.expires_at,
-                        committing: false,
-                        waiters: Vec::new(),
-                    },
-                ),
-                Ok(Summary::Released { key, fence, .. }) => {
-                    if !index.recover_released(key, fence) {
-                        unmatched_releases.push((key.to_vec(), fence));
+                    Span::Corrupt {
+                        offset,
+                        len,
+                        to_end,
+                    } => {
+                        warn!(
+                            path = %path.display(),
+                            offset,
+                            skipped = len,
+                            torn_tail = to_end,
+                            "skipped corrupt bytes in a segment; records after them were \
+                             recovered"
+                        );
+                        if to_end {
+                            torn_at = Some(offset as u64);
+                        }
                     }
-                }
-                Err(e) => warn!(
-                    path = %path.display(),
-                    offset,
-                    error = %e,
-                    "skipped an entry this build cannot read"
-                ),
-            },
-            Found::Corrupt {
-                offset,
-                len,
-                to_end,
-            } => {
-                warn!(
-                    path = %path.display(),
-                    offset,
-                    skipped = len,
-                    torn_tail = to_end,
-                    "skipped corrupt bytes in a segment; records after them were recovered"
-                );
-                if to_end {
-                    torn_at = Some(offset as u64);
                 }
             }
-        });
 
-        let mut len = len;
-        if len < SEGMENT_HEADER_LEN as u64 {
-            // Created but never written: give it its header so appends land after one.
-            file.set_len(0)
-                .and_then(|()| file.write_all_at(&format::segment_header(), 0))
-                .map_err(|e| OpenError::io("repair", &path, e))?;
-            len = SEGMENT_HEADER_LEN as u64;
-        } else if let Some(at) = torn_at {
-            // Nothing valid follows: a write that never finished. Cut it so appends do not
-            // leave it in the middle of the segment.
-            let at = at.max(start as u64);
-            file.set_len(at)
-                .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
-                .map_err(|e| OpenError::io("truncate", &path, e))?;
-            len = at;
+            if len < SEGMENT_HEADER_LEN as u64 {
+                // Created but never written: give it its header so appends land after one.
+                file.set_len(0)
+                    .and_then(|()| file.write_all_at(&format::segment_header(), 0))
+                    .map_err(|e| OpenError::io("repair", &path, e))?;
+                len = SEGMENT_HEADER_LEN as u64;
+            } else if let Some(at) = torn_at {
+                // Nothing valid follows: a write that never finished. Cut it so appends do
+                // not leave it in the middle of the segment.
+                file.set_len(at)
+                    .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+                    .map_err(|e| OpenError::io("truncate", &path, e))?;
+                len = at;
+            }
+            index.add_segment_bytes(id, len);
+            lengths.insert(id, len);
+            files.insert(id, Arc::new(file));
+            // The reader may reuse the buffer; it is gone when the reader is done.
+            let _ = spare_tx.send(buf);
         }
-        index.add_segment_bytes(id, len);
-        lengths.insert(id, len);
-        files.insert(id, Arc::new(file));
-    }
+        Ok(())
+    })?;
+    purged_upto = pending_markers.purged_upto;
     // Markers met before their frames (compaction moves frames to newer segments) apply
     // now; fences are never reused, so order does not matter.
-    for (key, fence) in unmatched_markers {
+    for (key, fence) in pending_markers.published {
         index.recover_published(&key, fence);
     }
-    for (key, fence) in unmatched_releases {
+    for (key, fence) in pending_markers.released {
         index.recover_released(&key, fence);
     }
     index.finish_recovery();
@@ -294,4 +275,121 @@ fn estimate_records(dir: &Path, ids: &[u32]) -> usize {
         .map(|meta| meta.len())
         .sum();
     usize::try_from(bytes / 256).unwrap_or(0)
+}
+
+/// Markers met before the frames they name, and the highest purge watermark seen.
+#[derive(Default)]
+struct Markers {
+    published: Vec<(Vec<u8>, u64)>,
+    released: Vec<(Vec<u8>, u64)>,
+    purged_upto: u64,
+}
+
+/// A segment read into memory, with its frames found and checked.
+struct Loaded {
+    id: u32,
+    path: PathBuf,
+    file: File,
+    len: u64,
+    buf: Vec<u8>,
+    spans: Vec<Span>,
+    header_corrupt: bool,
+}
+
+/// A checked frame, or a stretch of corrupted bytes, by offset into a segment.
+enum Span {
+    Frame {
+        offset: usize,
+        len: usize,
+    },
+    Corrupt {
+        offset: usize,
+        len: usize,
+        to_end: bool,
+    },
+}
+
+/// Reads segment `id` into `buf` and finds its frames.
+fn load(dir: &Path, id: u32, mut buf: Vec<u8>) -> Result<Loaded, OpenError> {
+    let path = segment::segment_path(dir, id);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OpenError::io("open", &path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| OpenError::io("inspect", &path, e))?
+        .len();
+    segment::read_all(&file, len, &mut buf).map_err(|e| OpenError::io("read", &path, e))?;
+
+    let header_corrupt = match format::segment_version(&buf) {
+        Some(FORMAT_VERSION) => false,
+        Some(version) => return Err(OpenError::UnsupportedFormat { path, version }),
+        None => buf.len() >= SEGMENT_HEADER_LEN,
+    };
+    let mut spans = Vec::new();
+    segment::scan(&buf, SEGMENT_HEADER_LEN, |found| {
+        spans.push(match found {
+            Found::Frame { offset, len, .. } => Span::Frame { offset, len },
+            Found::Corrupt {
+                offset,
+                len,
+                to_end,
+            } => Span::Corrupt {
+                offset,
+                len,
+                to_end,
+            },
+        });
+    });
+    Ok(Loaded {
+        id,
+        path,
+        file,
+        len,
+        buf,
+        spans,
+        header_corrupt,
+    })
+}
+
+/// Applies one recovered entry to the index.
+fn apply(index: &mut Index, summary: Summary<'_>, location: Location, markers: &mut Markers) {
+    match summary {
+        Summary::Record(record) => index.recover_record(
+            record.key,
+            Committed {
+                location,
+                fence: record.fence,
+                expires_at: record.expires_at,
+                completed_at: record.completed_at,
+                has_events: record.has_events,
+                published: record.events_published,
+            },
+        ),
+        Summary::Published { key, fence } => {
+            if !index.recover_published(key, fence) {
+                markers.published.push((key.to_vec(), fence));
+            }
+        }
+        Summary::Purged { upto } => markers.purged_upto = markers.purged_upto.max(upto),
+        Summary::Claim(claim) => index.recover_claim(
+            claim.key,
+            Claim {
+                fingerprint: claim.fingerprint,
+                fence: claim.fence,
+                created_at: claim.created_at,
+                lease_until: claim.lease_until,
+                expires_at: claim.expires_at,
+                committing: false,
+                waiters: Vec::new(),
+            },
+        ),
+        Summary::Released { key, fence, .. } => {
+            if !index.recover_released(key, fence) {
+                markers.released.push((key.to_vec(), fence));
+            }
+        }
+    }
 }

@@ -55,16 +55,30 @@ const PURGE_BATCH: usize = 1024;
 ///   immediately after the restart. Fences stay above every fence granted before any
 ///   crash, because the store reserves them in blocks in a small `FENCE` file before
 ///   granting them.
-/// - Published markers are not synced on their own; after a crash a few events may be
-///   listed as pending again. They keep their ids, so receivers can drop the repeats.
+/// - Published markers and releases are not synced on their own; after a power cut a few
+///   events may be listed as pending again (they keep their ids, so receivers can drop the
+///   repeats), and a released claim may be back in progress until its lease runs out.
+/// - After a failed `fdatasync` the store refuses every later write (the page cache may no
+///   longer match the disk) and logs a warning; reopen it once the disk is healthy. A
+///   failed write is cut off the segment and later writes go on.
 /// - A torn or corrupted frame is detected by its checksum, logged once and skipped;
 ///   every record around it is recovered.
 /// - Keys never become file names: they live only inside frames, so any scope or key bytes
 ///   are safe.
 ///
-/// Expired records are removed from the index by [`purge_expired`](Store::purge_expired);
-/// their bytes go when their segment is compacted, in the background once a sealed segment
-/// is mostly dead, or on [`compact`](FileStore::compact).
+/// # Space
+///
+/// Expired records stay (and their unpublished events stay listed, as in the reference
+/// store) until [`purge_expired`](Store::purge_expired) removes them; the purge is recorded
+/// in the log, so a restart does not bring them back. Their bytes go when their segment is
+/// compacted: in the background once a sealed segment is mostly dead (see
+/// [`FileStoreOptions::compaction_live_ratio`]), or on [`compact`](FileStore::compact).
+/// Segments rotate at [`FileStoreOptions::segment_size`].
+///
+/// # Memory
+///
+/// The index keeps about 250 bytes per record, key included, never a response: bodies are
+/// read from the segment files on demand. A million records open in one to two seconds.
 #[derive(Debug)]
 pub struct FileStore {
     shared: Arc<Shared>,
