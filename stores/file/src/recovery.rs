@@ -54,7 +54,6 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
     let mut files = HashMap::new();
     let mut lengths = HashMap::new();
     let mut pending_markers = Markers::default();
-    let purged_upto;
     index.reserve(estimate_records(dir, &ids));
 
     // One thread reads and checks segments (checksums are most of the scanning) while this
@@ -156,7 +155,7 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
         }
         Ok(())
     })?;
-    purged_upto = pending_markers.purged_upto;
+    let purged_upto = pending_markers.purged_upto;
     // Markers met before their frames (compaction moves frames to newer segments) apply
     // now; fences are never reused, so order does not matter.
     for (key, fence) in pending_markers.published {
