@@ -7,7 +7,8 @@ use std::time::Duration;
 ///
 /// [`Default`] gives the documented defaults: `/ws` on `0.0.0.0:9090`, a ping every 30 s,
 /// a close after 60 s without any frame from the client, frames up to 64 KiB, 1024 queued
-/// outgoing frames per connection and 64 rooms per connection.
+/// outgoing frames per connection, 64 rooms per connection, and a catch-up of at most
+/// 10,000 events looking back as far as the [`Backlog`](crate::Backlog) asks.
 ///
 /// The idle timer is reset by every frame the client sends, including the pong that
 /// answers a server ping, so keep `ping_interval` shorter than `idle_timeout`: a client
@@ -23,7 +24,8 @@ pub struct RealtimeConfig {
     /// How often the server sends a ping to each client.
     pub ping_interval: Duration,
     /// How long a client may stay silent (no frame at all) before it is closed; also the
-    /// time a client gets to complete the opening handshake.
+    /// time a client gets to complete the opening handshake, and the longest a catch-up
+    /// waits for the backlog before the connection goes on with live events only.
     pub idle_timeout: Duration,
     /// Largest frame and message a client may send, in bytes; a larger one closes the
     /// connection with code 1009.
@@ -33,6 +35,16 @@ pub struct RealtimeConfig {
     pub queue_capacity: usize,
     /// Rooms one connection may be a member of at the same time.
     pub max_rooms_per_connection: usize,
+    /// How far before a client's `since` cursor the catch-up looks. `None` uses the
+    /// backlog's [`commit_delay`](crate::Backlog::commit_delay), the lease for an engine:
+    /// an event's `ts` is taken when the handler emits it, and its record may commit up to
+    /// that much later.
+    pub catch_up_margin: Option<Duration>,
+    /// Most events one connection reads from the backlog when it catches up; the oldest
+    /// come first, and a connection that missed more gets a `catch_up_truncated` error
+    /// frame after the last one. The ids of the events sent are kept for the connection's
+    /// lifetime, so this also bounds that memory.
+    pub max_catch_up_events: usize,
 }
 
 impl RealtimeConfig {
@@ -52,6 +64,8 @@ impl RealtimeConfig {
     pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
     /// Default number of rooms per connection.
     pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 64;
+    /// Default number of events one connection catches up on.
+    pub const DEFAULT_MAX_CATCH_UP_EVENTS: usize = 10_000;
 
     /// Checks the settings a standalone listener needs before it starts.
     ///
@@ -80,6 +94,7 @@ impl RealtimeConfig {
                 "max_rooms_per_connection",
                 self.max_rooms_per_connection == 0,
             ),
+            ("max_catch_up_events", self.max_catch_up_events == 0),
         ];
         match zero_fields.into_iter().find(|(_, zero)| *zero) {
             Some((field, _)) => Err(ConfigError::Zero { field }),
@@ -99,6 +114,8 @@ impl Default for RealtimeConfig {
             max_frame_size: Self::DEFAULT_MAX_FRAME_SIZE,
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
             max_rooms_per_connection: Self::DEFAULT_MAX_ROOMS_PER_CONNECTION,
+            catch_up_margin: None,
+            max_catch_up_events: Self::DEFAULT_MAX_CATCH_UP_EVENTS,
         }
     }
 }
@@ -162,6 +179,8 @@ mod tests {
         assert_eq!(config.ping_interval, Duration::from_secs(30));
         assert_eq!(config.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.max_frame_size, 64 * 1024);
+        assert_eq!(config.catch_up_margin, None);
+        assert_eq!(config.max_catch_up_events, 10_000);
         assert_eq!(config.validate(), Ok(()));
     }
 
@@ -177,6 +196,10 @@ mod tests {
         assert_eq!(refused(|c| c.host.clear()).field(), "host");
         assert_eq!(refused(|c| c.port = 0).field(), "port");
         assert_eq!(refused(|c| c.queue_capacity = 0).field(), "queue_capacity");
+        assert_eq!(
+            refused(|c| c.max_catch_up_events = 0).field(),
+            "max_catch_up_events"
+        );
         assert_eq!(
             refused(|c| c.idle_timeout = Duration::ZERO).field(),
             "idle_timeout"

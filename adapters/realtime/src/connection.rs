@@ -5,7 +5,11 @@
 //! standalone listeners (futures I/O through async-tungstenite) and the warp route (its
 //! own WebSocket type, adapted) share it. Timers come from the runtime as a [`Sleep`]
 //! function.
+//!
+//! A session whose URL carries `?since=` catches up before it writes live events: see
+//! [`Session::catch_up`].
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,13 +21,15 @@ use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use async_tungstenite::tungstenite::{self, Message};
+use cnerium_core::Timestamp;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tracing::debug;
 
+use crate::backlog::Backlog;
 use crate::hub::{ConnectionId, ConnectionInfo, Hub};
-use crate::outbox::{End, Outbox};
+use crate::outbox::{End, Frame, Outbox};
 use crate::protocol::{self, ErrorCode, Refusal, Reply, Request as ClientRequest};
 
 /// A runtime's timer: a future that completes after the given duration.
@@ -172,7 +178,11 @@ pub(crate) async fn run_session<W, E>(
     E: std::error::Error + 'static,
     <W as Sink<Message>>::Error: fmt::Display,
 {
-    let (id, outbox) = hub.register();
+    let catch_up = CatchUp::plan(&hub, &info);
+    let holding_events = matches!(catch_up, Ok(Some(_)));
+    // Registered first, so that every event published from now on queues for this
+    // connection while the backlog is read.
+    let (id, outbox) = hub.register(holding_events);
     let session = Session {
         hub,
         id,
@@ -190,11 +200,15 @@ pub(crate) async fn run_session<W, E>(
     for room in session.info.query_values("room") {
         session.join(&room);
     }
+    let catch_up = catch_up.unwrap_or_else(|refusal| {
+        session.refuse(refusal);
+        None
+    });
 
     let (mut sink, mut stream) = websocket.split();
     let exit = {
         let reader = session.read_frames(&mut stream);
-        let writer = session.write_frames(&mut sink);
+        let writer = session.write_frames(&mut sink, catch_up);
         let pinger = session.ping();
         let ended = async {
             match future::poll_fn(|cx| session.outbox.poll_end(cx)).await {
@@ -222,10 +236,45 @@ pub(crate) async fn run_session<W, E>(
     }
 }
 
+/// Feeds `frame` to `sink` unless it is an event already sent from the backlog.
+async fn feed_unsent<S>(sink: &mut S, frame: Frame, sent: &HashSet<String>) -> Result<(), S::Error>
+where
+    S: Sink<Message> + Unpin,
+{
+    if let Frame::Event { id, .. } = &frame {
+        if sent.contains(&**id) {
+            return Ok(());
+        }
+    }
+    sink.feed(frame.into_message()).await
+}
+
 /// Whichever of two exits comes first.
 async fn first(a: impl Future<Output = Exit>, b: impl Future<Output = Exit>) -> Exit {
     match future::select(pin!(a), pin!(b)).await {
         Either::Left((exit, _)) | Either::Right((exit, _)) => exit,
+    }
+}
+
+/// What a connection with `?since=` catches up on.
+struct CatchUp {
+    backlog: Arc<dyn Backlog>,
+    cursor: Timestamp,
+}
+
+impl CatchUp {
+    /// The catch-up the URL asks for: none without `since` or without a backlog, a
+    /// refusal to send when the cursor does not parse.
+    fn plan(hub: &Hub, info: &ConnectionInfo) -> Result<Option<Self>, Refusal> {
+        let Some(since) = info.query_value("since") else {
+            return Ok(None);
+        };
+        let cursor = protocol::parse_cursor(&since)?;
+        let Some(backlog) = hub.backlog() else {
+            debug!(%cursor, "no backlog to catch up from; sending live events only");
+            return Ok(None);
+        };
+        Ok(Some(Self { backlog, cursor }))
     }
 }
 
@@ -326,21 +375,33 @@ impl Session {
         self.hub.send(self.id, &self.outbox, frame);
     }
 
-    /// Writes queued frames to the client until writing fails.
-    async fn write_frames<S>(&self, sink: &mut S) -> Exit
+    /// Writes queued frames to the client until writing fails, after the missed events
+    /// when the connection catches up.
+    async fn write_frames<S>(&self, sink: &mut S, catch_up: Option<CatchUp>) -> Exit
     where
         S: Sink<Message> + Unpin,
         S::Error: fmt::Display,
     {
+        // Ids of the events sent from the backlog; a live event among them is skipped.
+        let mut caught_up = HashSet::new();
+        if let Some(catch_up) = catch_up {
+            let done = self.catch_up(sink, catch_up, &mut caught_up).await;
+            self.outbox.release_events();
+            if let Err(error) = done {
+                debug!(connection = %self.id, %error, "websocket write failed");
+                return Exit::PeerGone;
+            }
+        }
+
         loop {
             let frame = future::poll_fn(|cx| self.outbox.poll_frame(cx)).await;
-            let mut written = sink.feed(frame).await;
+            let mut written = feed_unsent(sink, frame, &caught_up).await;
             let mut batch = 1;
             while written.is_ok() && batch < WRITE_BATCH {
                 let Some(frame) = self.outbox.try_pop() else {
                     break;
                 };
-                written = sink.feed(frame).await;
+                written = feed_unsent(sink, frame, &caught_up).await;
                 batch += 1;
             }
             if let Err(error) = written.and(sink.flush().await) {
@@ -348,6 +409,99 @@ impl Session {
                 return Exit::PeerGone;
             }
         }
+    }
+
+    /// Sends the events the client may have missed since its cursor, before any live
+    /// event, and records their ids in `sent`.
+    ///
+    /// Live events published meanwhile wait in the outbox (the caller releases them);
+    /// answers queued so far, such as the `room.joined` of the URL rooms, go first. Only
+    /// broadcasts and events of the rooms the connection is in are sent. A backlog that
+    /// fails or does not answer within the idle timeout leaves the connection with live
+    /// events only. Errors are the sink's.
+    async fn catch_up<S>(
+        &self,
+        sink: &mut S,
+        catch_up: CatchUp,
+        sent: &mut HashSet<String>,
+    ) -> Result<(), S::Error>
+    where
+        S: Sink<Message> + Unpin,
+    {
+        let config = self.hub.config();
+        let CatchUp { backlog, cursor } = catch_up;
+        let margin = config
+            .catch_up_margin
+            .unwrap_or_else(|| backlog.commit_delay());
+        let from = Timestamp::from_millis(
+            cursor
+                .as_millis()
+                .saturating_sub(u64::try_from(margin.as_millis()).unwrap_or(u64::MAX)),
+        );
+        let limit = config.max_catch_up_events;
+
+        // One more than the limit tells whether the limit cut the history short.
+        let fetch = backlog.events_since(from, limit.saturating_add(1));
+        let events = match future::select(fetch, (self.sleep)(config.idle_timeout)).await {
+            Either::Left((Ok(events), _)) => events,
+            Either::Left((Err(error), _)) => {
+                debug!(
+                    connection = %self.id,
+                    %cursor,
+                    %error,
+                    "backlog failed; sending live events only"
+                );
+                return Ok(());
+            }
+            Either::Right(_) => {
+                debug!(
+                    connection = %self.id,
+                    %cursor,
+                    "backlog did not answer in time; sending live events only"
+                );
+                return Ok(());
+            }
+        };
+        let truncated = events.len() > limit;
+
+        while let Some(frame) = self.outbox.try_pop() {
+            sink.feed(frame.into_message()).await?;
+        }
+
+        let rooms = self.hub.rooms_of(self.id);
+        let mut batch = 0;
+        for event in events.into_iter().take(limit) {
+            let receivable = event.room.as_ref().is_none_or(|room| rooms.contains(room));
+            if !receivable || sent.contains(&event.id) {
+                continue;
+            }
+            sink.feed(Message::text(event.to_envelope())).await?;
+            sent.insert(event.id);
+            batch += 1;
+            if batch % WRITE_BATCH == 0 {
+                sink.flush().await?;
+            }
+        }
+        if truncated {
+            let notice = Refusal::new(
+                ErrorCode::CatchUpTruncated,
+                format!(
+                    "caught up on the first {limit} missed events only; reconnect with since \
+                     set to the ts of the last event received before this frame for the next"
+                ),
+            );
+            sink.feed(notice.to_message()).await?;
+        }
+        sink.flush().await?;
+        debug!(
+            connection = %self.id,
+            %cursor,
+            %from,
+            sent = batch,
+            truncated,
+            "caught up"
+        );
+        Ok(())
     }
 
     /// Queues a ping every interval; never finishes by itself.

@@ -11,8 +11,9 @@ use cnerium_core::{Event, EventSink, PublishError};
 use http::{HeaderMap, Uri};
 use tracing::debug;
 
+use crate::backlog::Backlog;
 use crate::config::RealtimeConfig;
-use crate::outbox::{End, Outbox, Refused};
+use crate::outbox::{End, Frame, Outbox, Refused};
 use crate::protocol::{ErrorCode, Refusal};
 
 /// Decides whether a connection may join a room.
@@ -137,6 +138,23 @@ impl fmt::Display for ConnectionId {
 /// with close code 1008 while the others carry on.
 ///
 /// A hub serves connections from any number of listeners and warp routes at once.
+///
+/// # Catching up
+///
+/// With a [`Backlog`], a client that connects with `?since=<cursor>` (the `ts` of the last
+/// event it received, as in the envelope, or integer milliseconds since the epoch) first
+/// gets the committed events it may have missed, then live events, and never the same
+/// event id twice on that connection. The hub registers the connection (so live events
+/// start queueing) and joins its URL rooms before it asks the backlog, sends the backlog's
+/// broadcasts and events of the rooms joined, then the queued live events, skipping those
+/// it already sent.
+///
+/// The backlog is asked from a little before the cursor (see
+/// [`catch_up_margin`](RealtimeConfig::catch_up_margin)), so the client may get again
+/// events it had on its previous connection: it drops them by id, as it would drop a
+/// repeat after a server restart. An unparsable cursor is answered with an
+/// [`InvalidCursor`](ErrorCode::InvalidCursor) error frame; then, as without a backlog or
+/// when the backlog fails, the connection gets live events only.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
@@ -145,6 +163,7 @@ pub struct Hub {
 struct HubInner {
     config: RealtimeConfig,
     join_rule: Box<dyn JoinRule>,
+    backlog: Mutex<Option<Arc<dyn Backlog>>>,
     next_id: AtomicU64,
     registry: Mutex<Registry>,
 }
@@ -160,10 +179,11 @@ struct Member {
     rooms: HashSet<String>,
 }
 
-/// Builds a [`Hub`] with a join rule.
+/// Builds a [`Hub`] with a join rule and a backlog.
 pub struct HubBuilder {
     config: RealtimeConfig,
     join_rule: Box<dyn JoinRule>,
+    backlog: Option<Arc<dyn Backlog>>,
 }
 
 impl HubBuilder {
@@ -173,12 +193,23 @@ impl HubBuilder {
         self
     }
 
+    /// Sets where clients connecting with `?since=` catch up from. Without one they get
+    /// live events only.
+    ///
+    /// An [`Engine`](cnerium_core::Engine) whose sink is this hub cannot exist before the
+    /// hub; give it with [`Hub::set_backlog`] once it is built.
+    pub fn backlog(mut self, backlog: impl Backlog) -> Self {
+        self.backlog = Some(Arc::new(backlog));
+        self
+    }
+
     /// The hub.
     pub fn build(self) -> Hub {
         Hub {
             inner: Arc::new(HubInner {
                 config: self.config,
                 join_rule: self.join_rule,
+                backlog: Mutex::new(self.backlog),
                 next_id: AtomicU64::new(1),
                 registry: Mutex::new(Registry::default()),
             }),
@@ -200,12 +231,41 @@ impl Hub {
         Self::builder(config).build()
     }
 
-    /// Starts building a hub with `config`, to set a join rule.
+    /// Starts building a hub with `config`, to set a join rule or a backlog.
     pub fn builder(config: RealtimeConfig) -> HubBuilder {
         HubBuilder {
             config,
             join_rule: Box::new(AllowAll),
+            backlog: None,
         }
+    }
+
+    /// Sets, or replaces, where clients connecting with `?since=` catch up from; the
+    /// connections that connect afterwards use it.
+    ///
+    /// This is how an engine whose sink is this hub becomes its backlog:
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use cnerium_core::{Engine, EngineConfig, ManualClock, Store};
+    /// # use cnerium_realtime::{Hub, RealtimeConfig};
+    /// # fn wire(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> (Hub, Engine) {
+    /// let hub = Hub::new(RealtimeConfig::default());
+    /// let sink = Arc::new(hub.clone());
+    /// let engine = Engine::with_parts(store, sink, clock, EngineConfig::default());
+    /// hub.set_backlog(engine.clone());
+    /// # (hub, engine) }
+    /// ```
+    ///
+    /// The hub and the engine then hold each other; [`clear_backlog`](Self::clear_backlog)
+    /// when shutting down lets both go, and the store with them.
+    pub fn set_backlog(&self, backlog: impl Backlog) {
+        *self.backlog_slot() = Some(Arc::new(backlog));
+    }
+
+    /// Removes the backlog: clients connecting afterwards get live events only.
+    pub fn clear_backlog(&self) {
+        self.backlog_slot().take();
     }
 
     /// The settings the hub and its listeners use.
@@ -218,7 +278,8 @@ impl Hub {
     ///
     /// Never waits: a target whose queue is full is disconnected instead.
     pub fn publish_event(&self, event: &Event) -> usize {
-        let frame = Utf8Bytes::from(event.to_envelope());
+        let event_id: Arc<str> = Arc::from(event.id.as_str());
+        let text = Utf8Bytes::from(event.to_envelope());
         let mut registry = self.registry();
         let targets: Vec<ConnectionId> = match &event.room {
             None => registry.connections.keys().copied().collect(),
@@ -234,7 +295,11 @@ impl Hub {
             let Some(member) = registry.connections.get(&id) else {
                 continue;
             };
-            match member.outbox.push(Message::Text(frame.clone())) {
+            let frame = Frame::Event {
+                id: Arc::clone(&event_id),
+                text: text.clone(),
+            };
+            match member.outbox.push(frame) {
                 Ok(()) => queued += 1,
                 Err(refused) => {
                     registry.remove(id);
@@ -286,9 +351,12 @@ impl Hub {
         }
     }
 
-    pub(crate) fn register(&self) -> (ConnectionId, Arc<Outbox>) {
+    /// Adds a connection; with `holding_events`, its events queue until the connection
+    /// has caught up and releases them.
+    pub(crate) fn register(&self, holding_events: bool) -> (ConnectionId, Arc<Outbox>) {
         let id = ConnectionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let outbox = Arc::new(Outbox::new(self.inner.config.queue_capacity));
+        let capacity = self.inner.config.queue_capacity;
+        let outbox = Arc::new(Outbox::new(capacity, holding_events));
         let member = Member {
             outbox: Arc::clone(&outbox),
             rooms: HashSet::new(),
@@ -339,6 +407,20 @@ impl Hub {
         Ok(())
     }
 
+    /// The rooms connection `id` is a member of.
+    pub(crate) fn rooms_of(&self, id: ConnectionId) -> HashSet<String> {
+        self.registry()
+            .connections
+            .get(&id)
+            .map(|member| member.rooms.clone())
+            .unwrap_or_default()
+    }
+
+    /// The backlog connections catch up from, if any.
+    pub(crate) fn backlog(&self) -> Option<Arc<dyn Backlog>> {
+        self.backlog_slot().clone()
+    }
+
     /// Removes connection `id` from `room`; leaving a room one is not in is no error.
     pub(crate) fn leave(&self, id: ConnectionId, room: &str) {
         let mut registry = self.registry();
@@ -350,10 +432,15 @@ impl Hub {
 
     /// Queues a frame for one connection, dropping the connection if its queue is full.
     pub(crate) fn send(&self, id: ConnectionId, outbox: &Outbox, frame: Message) {
-        if let Err(Refused::Overflowed) = outbox.push(frame) {
+        if let Err(Refused::Overflowed) = outbox.push(Frame::Control(frame)) {
             self.unregister(id);
             debug!(connection = %id, "dropping a client that does not read its answers");
         }
+    }
+
+    fn backlog_slot(&self) -> MutexGuard<'_, Option<Arc<dyn Backlog>>> {
+        // Only an `Arc` is stored or cloned under this lock; nothing can panic there.
+        self.inner.backlog.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -399,6 +486,7 @@ impl fmt::Debug for Hub {
             .field("config", &self.inner.config)
             .field("connections", &registry.connections.len())
             .field("rooms", &registry.rooms.len())
+            .field("backlog", &self.backlog_slot().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -433,7 +521,7 @@ mod tests {
 
     fn frames(outbox: &Outbox) -> Vec<String> {
         std::iter::from_fn(|| outbox.try_pop())
-            .map(|m| m.into_text().unwrap().to_string())
+            .map(|frame| frame.into_message().into_text().unwrap().to_string())
             .collect()
     }
 
@@ -459,8 +547,8 @@ mod tests {
     #[test]
     fn room_events_reach_members_only_and_broadcasts_reach_everyone() {
         let hub = Hub::default();
-        let (a, outbox_a) = hub.register();
-        let (_b, outbox_b) = hub.register();
+        let (a, outbox_a) = hub.register(false);
+        let (_b, outbox_b) = hub.register(false);
         hub.join(a, &info("/ws", None), "orders").unwrap();
 
         assert_eq!(hub.publish_event(&event(Some("orders"))), 1);
@@ -476,8 +564,8 @@ mod tests {
             ..RealtimeConfig::default()
         };
         let hub = Hub::new(config);
-        let (_slow, _slow_outbox) = hub.register();
-        let (_fast, fast_outbox) = hub.register();
+        let (_slow, _slow_outbox) = hub.register(false);
+        let (_fast, fast_outbox) = hub.register(false);
 
         for _ in 0..2 {
             hub.publish_event(&event(None));
@@ -497,7 +585,7 @@ mod tests {
         let hub = Hub::builder(config)
             .join_rule(|_: &ConnectionInfo, room: &str| room != "secret")
             .build();
-        let (id, _outbox) = hub.register();
+        let (id, _outbox) = hub.register(false);
         let info = info("/ws", None);
 
         assert_eq!(
@@ -524,7 +612,7 @@ mod tests {
     #[test]
     fn unregister_removes_room_memberships() {
         let hub = Hub::default();
-        let (id, _outbox) = hub.register();
+        let (id, _outbox) = hub.register(false);
         hub.join(id, &info("/ws", None), "a").unwrap();
         hub.unregister(id);
         assert_eq!(hub.room_size("a"), 0);

@@ -65,6 +65,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backlog;
 mod config;
 mod connection;
 mod hub;
@@ -79,6 +80,7 @@ pub mod tokio;
 #[cfg(feature = "warp")]
 pub mod warp;
 
+pub use backlog::{Backlog, BacklogError};
 pub use config::{ConfigError, RealtimeConfig};
 pub use connection::Sleep;
 pub use hub::{AllowAll, ConnectionInfo, Hub, HubBuilder, JoinRule};

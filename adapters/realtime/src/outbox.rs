@@ -3,13 +3,37 @@
 //! Publishers push without waiting; the connection's writer pops. When a push finds the
 //! queue full, the queue ends with [`End::Overflow`] instead of growing or blocking, and the
 //! connection task closes the client.
+//!
+//! A connection catching up on missed events holds its live events back: they queue as
+//! usual (and count against the capacity) but only answers come out until the writer has
+//! sent the backlog and calls [`Outbox::release_events`].
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use futures_util::task::AtomicWaker;
+
+/// One frame waiting to be written.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Frame {
+    /// An answer to the client (`room.joined`, `error`) or a ping.
+    Control(Message),
+    /// A published event's envelope, with the event id so that the writer can skip an
+    /// event the connection already got from its backlog.
+    Event { id: Arc<str>, text: Utf8Bytes },
+}
+
+impl Frame {
+    /// The WebSocket message to write.
+    pub(crate) fn into_message(self) -> Message {
+        match self {
+            Self::Control(message) => message,
+            Self::Event { text, .. } => Message::Text(text),
+        }
+    }
+}
 
 /// Why a connection's outbox stopped taking frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,17 +61,22 @@ pub(crate) struct Outbox {
 }
 
 struct State {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Frame>,
     end: Option<End>,
+    /// Event frames stay queued until [`Outbox::release_events`].
+    holding_events: bool,
 }
 
 impl Outbox {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An outbox for `capacity` frames; with `holding_events`, event frames wait for
+    /// [`release_events`](Self::release_events).
+    pub(crate) fn new(capacity: usize, holding_events: bool) -> Self {
         Self {
             capacity: capacity.max(1),
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 end: None,
+                holding_events,
             }),
             frame_waker: AtomicWaker::new(),
             end_waker: AtomicWaker::new(),
@@ -55,7 +84,7 @@ impl Outbox {
     }
 
     /// Queues `frame`; never waits.
-    pub(crate) fn push(&self, frame: Message) -> Result<(), Refused> {
+    pub(crate) fn push(&self, frame: Frame) -> Result<(), Refused> {
         let mut state = self.lock();
         if state.end.is_some() {
             return Err(Refused::Ended);
@@ -84,14 +113,30 @@ impl Outbox {
         self.end_waker.wake();
     }
 
-    /// The next queued frame, if any, without waiting.
-    pub(crate) fn try_pop(&self) -> Option<Message> {
-        self.lock().frames.pop_front()
+    /// Lets held event frames out, in the order they were queued.
+    pub(crate) fn release_events(&self) {
+        self.lock().holding_events = false;
+        self.frame_waker.wake();
+    }
+
+    /// The next queued frame, if any, without waiting; while events are held, the next
+    /// control frame.
+    pub(crate) fn try_pop(&self) -> Option<Frame> {
+        let mut state = self.lock();
+        if !state.holding_events {
+            return state.frames.pop_front();
+        }
+        // The queue is bounded by the capacity, so the scan is too.
+        let next = state
+            .frames
+            .iter()
+            .position(|frame| matches!(frame, Frame::Control(_)))?;
+        state.frames.remove(next)
     }
 
     /// Waits for the next queued frame; stays pending forever once the outbox ended (the
     /// end is reported by [`poll_end`](Self::poll_end)).
-    pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Message> {
+    pub(crate) fn poll_frame(&self, cx: &mut Context<'_>) -> Poll<Frame> {
         // Register before looking, so a push between the look and the return wakes us.
         self.frame_waker.register(cx.waker());
         match self.try_pop() {
@@ -120,13 +165,24 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn control(text: &str) -> Frame {
+        Frame::Control(Message::text(text))
+    }
+
+    fn event(id: &str) -> Frame {
+        Frame::Event {
+            id: id.into(),
+            text: id.into(),
+        }
+    }
+
     #[test]
     fn a_full_queue_ends_with_overflow_and_refuses_later_frames() {
-        let outbox = Outbox::new(2);
-        assert_eq!(outbox.push(Message::text("a")), Ok(()));
-        assert_eq!(outbox.push(Message::text("b")), Ok(()));
-        assert_eq!(outbox.push(Message::text("c")), Err(Refused::Overflowed));
-        assert_eq!(outbox.push(Message::text("d")), Err(Refused::Ended));
+        let outbox = Outbox::new(2, false);
+        assert_eq!(outbox.push(control("a")), Ok(()));
+        assert_eq!(outbox.push(control("b")), Ok(()));
+        assert_eq!(outbox.push(control("c")), Err(Refused::Overflowed));
+        assert_eq!(outbox.push(control("d")), Err(Refused::Ended));
         assert_eq!(outbox.try_pop(), None);
 
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
@@ -135,13 +191,38 @@ mod tests {
 
     #[test]
     fn frames_come_out_in_order() {
-        let outbox = Outbox::new(8);
-        outbox.push(Message::text("a")).unwrap();
-        outbox.push(Message::text("b")).unwrap();
+        let outbox = Outbox::new(8, false);
+        outbox.push(control("a")).unwrap();
+        outbox.push(event("b")).unwrap();
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-        assert_eq!(outbox.poll_frame(&mut cx), Poll::Ready(Message::text("a")));
-        assert_eq!(outbox.try_pop(), Some(Message::text("b")));
+        assert_eq!(outbox.poll_frame(&mut cx), Poll::Ready(control("a")));
+        assert_eq!(outbox.try_pop(), Some(event("b")));
         assert!(outbox.poll_frame(&mut cx).is_pending());
         assert!(outbox.poll_end(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn held_events_wait_for_release_while_answers_pass() {
+        let outbox = Outbox::new(8, true);
+        outbox.push(event("e1")).unwrap();
+        outbox.push(control("joined")).unwrap();
+        outbox.push(event("e2")).unwrap();
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+
+        assert_eq!(outbox.poll_frame(&mut cx), Poll::Ready(control("joined")));
+        assert!(outbox.poll_frame(&mut cx).is_pending());
+
+        outbox.release_events();
+        assert_eq!(outbox.try_pop(), Some(event("e1")));
+        assert_eq!(outbox.try_pop(), Some(event("e2")));
+        assert_eq!(outbox.try_pop(), None);
+    }
+
+    #[test]
+    fn held_events_count_against_the_capacity() {
+        let outbox = Outbox::new(2, true);
+        outbox.push(event("e1")).unwrap();
+        outbox.push(event("e2")).unwrap();
+        assert_eq!(outbox.push(event("e3")), Err(Refused::Overflowed));
     }
 }

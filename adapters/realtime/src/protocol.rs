@@ -3,6 +3,7 @@
 use std::fmt;
 
 use async_tungstenite::tungstenite::Message;
+use cnerium_core::Timestamp;
 use cnerium_core::event::validate_room;
 use serde::Serialize;
 use serde_json::Value;
@@ -39,6 +40,14 @@ pub enum ErrorCode {
     TooManyRooms,
     /// The client sent a binary frame; the protocol is JSON text only.
     BinaryUnsupported,
+    /// The `since` parameter of the URL is neither an RFC 3339 UTC time nor integer
+    /// milliseconds since the epoch; the connection gets live events only.
+    InvalidCursor,
+    /// The catch-up stopped at
+    /// [`max_catch_up_events`](crate::RealtimeConfig::max_catch_up_events): newer missed
+    /// events were not sent. The frame comes right after the last caught-up event;
+    /// reconnecting with that event's `ts` as `since` fetches the next ones.
+    CatchUpTruncated,
 }
 
 impl ErrorCode {
@@ -52,6 +61,8 @@ impl ErrorCode {
             Self::JoinRefused => "join_refused",
             Self::TooManyRooms => "too_many_rooms",
             Self::BinaryUnsupported => "binary_unsupported",
+            Self::InvalidCursor => "invalid_cursor",
+            Self::CatchUpTruncated => "catch_up_truncated",
         }
     }
 }
@@ -149,6 +160,27 @@ pub(crate) fn parse_request(text: &str) -> Result<Request, Refusal> {
     Ok(make(room.to_owned()))
 }
 
+/// Reads the `since` cursor of a connection URL: the `ts` of an envelope
+/// (`2026-12-03T19:05:09.123Z`) or integer milliseconds since the Unix epoch.
+pub(crate) fn parse_cursor(text: &str) -> Result<Timestamp, Refusal> {
+    let refused = || {
+        Refusal::new(
+            ErrorCode::InvalidCursor,
+            "since must be an RFC 3339 UTC time such as 2026-12-03T19:05:09.123Z or \
+             milliseconds since the Unix epoch; sending live events only",
+        )
+    };
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Timestamp::from_millis)
+            .map_err(|_| refused());
+    }
+    humantime::parse_rfc3339(text)
+        .map(Timestamp::from_system_time)
+        .map_err(|_| refused())
+}
+
 /// Checks a room name the way events check it.
 pub(crate) fn check_room(room: &str) -> Result<(), Refusal> {
     // The refused name is not echoed: it may be long or hold control characters.
@@ -207,6 +239,32 @@ mod tests {
             code(r#"{"type":"room.join","payload":{"room":"a\nb"}}"#),
             ErrorCode::InvalidRoom
         );
+    }
+
+    #[test]
+    fn cursors_are_envelope_times_or_epoch_millis() {
+        let ts = Timestamp::from_millis(1_796_324_709_123);
+        assert_eq!(parse_cursor(&ts.to_rfc3339()), Ok(ts));
+        assert_eq!(parse_cursor("1796324709123"), Ok(ts));
+        assert_eq!(parse_cursor("0"), Ok(Timestamp::EPOCH));
+        assert_eq!(
+            parse_cursor("2026-12-03T19:05:09Z"),
+            Ok(Timestamp::from_millis(1_796_324_709_000))
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "-5",
+            "1.5",
+            "99999999999999999999999",
+            "2026-13-03",
+        ] {
+            assert_eq!(
+                parse_cursor(bad).unwrap_err().code,
+                ErrorCode::InvalidCursor,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
