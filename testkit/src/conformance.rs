@@ -225,6 +225,7 @@ pub fn check<F: StoreFactory>(factory: F) -> Report {
         let verdict = match catch_unwind(AssertUnwindSafe(|| check(&factory))) {
             Ok(Ok(Outcome::Done)) => Verdict::Passed,
             Ok(Ok(Outcome::NotPersistent)) => Verdict::Skipped("the factory offers no reopen"),
+            Ok(Ok(Outcome::NoHistory)) => Verdict::Skipped("the store keeps no event history"),
             Ok(Err(message)) => Verdict::Failed(message),
             Err(panic) => Verdict::Failed(format!("panicked: {}", panic_message(&*panic))),
         };
@@ -252,7 +253,7 @@ pub fn run<F: StoreFactory>(factory: F) -> Report {
 }
 
 /// The names of every check, in suite order.
-pub const CHECKS: [&str; 18] = [
+pub const CHECKS: [&str; 19] = [
     "claim grants a free key",
     "claim returns the live record it cannot replace",
     "claim is atomic under interleaving",
@@ -271,11 +272,13 @@ pub const CHECKS: [&str; 18] = [
     "a completion racing a takeover never both win",
     "records survive a reopen",
     "fences keep growing across a reopen and a purge",
+    "event history lists committed events from a time",
 ];
 
 enum Outcome {
     Done,
     NotPersistent,
+    NoHistory,
 }
 
 type CheckResult = Result<Outcome, String>;
@@ -301,6 +304,7 @@ fn checks<F: StoreFactory>() -> impl Iterator<Item = (&'static str, CheckFn<F>)>
         completion_racing_takeover::<F>,
         records_survive_a_reopen::<F>,
         fences_grow_across_reopen::<F>,
+        event_history_from_a_time::<F>,
     ];
     CHECKS.into_iter().zip(checks)
 }
@@ -1086,6 +1090,61 @@ fn pending_events_oldest_first<F: StoreFactory>(factory: &F) -> CheckResult {
         ensure!(
             pending(&store, 0).await?.is_empty(),
             "pending_events(0) returned entries"
+        );
+        Ok(Outcome::Done)
+    })
+}
+
+fn event_history_from_a_time<F: StoreFactory>(factory: &F) -> CheckResult {
+    let store = factory.create();
+    block_on(async {
+        let names = ["h-late", "h-early", "h-middle"];
+        let times = [300, 100, 200];
+        for (name, time) in names.iter().zip(times) {
+            let k = key(name);
+            let fence = granted(&store, claim_request(&k, 1, 0), false).await?;
+            complete(&store, &k, fence, completion(name, 2, 0, time)).await?;
+        }
+        let published = key("h-early");
+        let fence = match store.lookup(&published, at(0)).await {
+            Ok(Some(record)) => record.fence(),
+            other => return Err(format!("lookup of {published} returned {other:?}")),
+        };
+        mark(&store, &published, fence).await?;
+        granted(&store, claim_request(&key("h-running"), 1, 0), false).await?;
+
+        let all = match store.events_since(at(0), 100).await {
+            Ok(events) => events,
+            Err(_) => return Ok(Outcome::NoHistory),
+        };
+        let expected: Vec<Event> = [1, 2, 0]
+            .into_iter()
+            .flat_map(|i| events(names[i], 2, times[i]))
+            .collect();
+        ensure!(
+            all == expected,
+            "events_since(0) returned ids {:?}; expected {:?}: every committed event, \
+             published or not, by completion time",
+            all.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+            expected.iter().map(|e| e.id.as_str()).collect::<Vec<_>>()
+        );
+        let later = store
+            .events_since(at(200), 100)
+            .await
+            .map_err(|e| format!("events_since failed: {e}"))?;
+        ensure!(
+            later == expected[2..],
+            "events_since(200) returned ids {:?}; expected those completed at 200 and later",
+            later.iter().map(|e| e.id.as_str()).collect::<Vec<_>>()
+        );
+        let three = store
+            .events_since(at(0), 3)
+            .await
+            .map_err(|e| format!("events_since failed: {e}"))?;
+        ensure!(
+            three == expected[..3],
+            "events_since(0, limit 3) returned {} events; expected the 3 oldest",
+            three.len()
         );
         Ok(Outcome::Done)
     })

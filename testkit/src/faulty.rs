@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
-    Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, PendingEvents, Record,
+    RecordKey, Store, StoreError, Timestamp,
 };
 
 use crate::gate::{Gate, sleep};
@@ -29,11 +29,13 @@ pub enum StoreMethod {
     Lookup,
     /// [`Store::purge_expired`].
     PurgeExpired,
+    /// [`Store::events_since`].
+    EventsSince,
 }
 
 impl StoreMethod {
     /// Every method, in trait order.
-    pub const ALL: [StoreMethod; 7] = [
+    pub const ALL: [StoreMethod; 8] = [
         Self::Claim,
         Self::Complete,
         Self::Release,
@@ -41,6 +43,7 @@ impl StoreMethod {
         Self::PendingEvents,
         Self::Lookup,
         Self::PurgeExpired,
+        Self::EventsSince,
     ];
 
     fn index(self) -> usize {
@@ -58,6 +61,7 @@ impl fmt::Display for StoreMethod {
             Self::PendingEvents => "pending_events",
             Self::Lookup => "lookup",
             Self::PurgeExpired => "purge_expired",
+            Self::EventsSince => "events_since",
         };
         f.write_str(name)
     }
@@ -392,6 +396,13 @@ impl<S: Store + ?Sized> Store for FaultyStore<S> {
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
         self.guarded(StoreMethod::PurgeExpired, None, || {
             self.inner.purge_expired(now)
+        })
+        .await
+    }
+
+    async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.guarded(StoreMethod::EventsSince, None, || {
+            self.inner.events_since(since, limit)
         })
         .await
     }

@@ -363,7 +363,9 @@ fn the_planted_store_without_bugs_passes_everything() {
         PlantedStore::default,
         PlantedStore::reopen,
     ));
-    assert_eq!(report.passed(), conformance::CHECKS.len(), "{report}");
+    assert!(report.is_ok(), "{report}");
+    // Every check runs except the event history one: this store keeps no history.
+    assert_eq!(report.passed(), conformance::CHECKS.len() - 1, "{report}");
     let simulation = || {
         let store = PlantedStore::default();
         let data = store.clone();

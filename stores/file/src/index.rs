@@ -231,6 +231,27 @@ impl Index {
             .collect()
     }
 
+    /// Committed records with events completed at or after `since`, by (completed_at,
+    /// fence), at most `limit` of them.
+    ///
+    /// Scans every slot: catch-up after a reconnect is rare, and a dedicated order would
+    /// cost memory on every record.
+    pub(crate) fn completed_since(&self, since: u64, limit: usize) -> Vec<(Key, Committed)> {
+        let mut found: Vec<(Key, Committed)> = self
+            .slots
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Committed(c) if c.has_events && c.completed_at >= since => {
+                    Some((key.clone(), *c))
+                }
+                _ => None,
+            })
+            .collect();
+        found.sort_unstable_by_key(|(_, c)| (c.completed_at, c.fence));
+        found.truncate(limit);
+        found
+    }
+
     /// Removes up to `max` records expired at `now`, except claims whose completion is
     /// being written. Returns how many were removed and whether more may be left.
     pub(crate) fn purge_some(&mut self, now: u64, max: usize) -> (u64, bool) {

@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
-    Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, PendingEvents, Record,
+    RecordKey, Store, StoreError, Timestamp,
 };
 use futures_channel::oneshot;
 use tracing::{debug, trace};
@@ -606,6 +606,29 @@ impl Store for FileStore {
             .collect()
     }
 
+    async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.ensure_open()?;
+        let completed = self
+            .shared
+            .index()
+            .completed_since(since.as_millis(), limit);
+        let reads = completed
+            .iter()
+            .map(|(_, committed)| self.frame_read(committed))
+            .collect::<Result<Vec<_>, _>>()?;
+        let frames = self.read(reads).await?;
+        let mut events = Vec::new();
+        for ((key, committed), frame) in completed.iter().zip(frames) {
+            let record = self.decode_stored(&frame, key, committed)?;
+            events.extend(record.events);
+            if events.len() >= limit {
+                events.truncate(limit);
+                break;
+            }
+        }
+        Ok(events)
+    }
+
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         self.ensure_open()?;
         let encoded = key.encode();
@@ -765,13 +788,14 @@ mod tests {
             .store(true, Ordering::SeqCst);
         let result = block_on(store.complete(&a, fence, completion(b"half")));
         assert!(matches!(result, Err(CompleteError::Store(_))), "{result:?}");
-        block_on(store.release(&a, fence)).unwrap();
 
+        // The release goes through the writer too, so it is sent once writes work again.
         store
             .shared
             .faults
             .fail_writes
             .store(false, Ordering::SeqCst);
+        block_on(store.release(&a, fence)).unwrap();
         let fence = claim(&store, &b);
         block_on(store.complete(&b, fence, completion(b"whole"))).unwrap();
         block_on(store.close()).unwrap();

@@ -78,6 +78,14 @@ impl Store for TempFileStore {
         self.store.pending_events(limit).await
     }
 
+    async fn events_since(
+        &self,
+        since: cnerium_core::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<cnerium_core::Event>, cnerium_core::StoreError> {
+        self.store.events_since(since, limit).await
+    }
+
     async fn lookup(
         &self,
         key: &cnerium_core::RecordKey,
