@@ -139,6 +139,9 @@ async fn run(args: Args) -> Result<(), String> {
     realtime_task.await;
     maintenance.cancel().await;
     drop(engine);
+    if let Err(e) = store.close().await {
+        warn!(error = %e, "closing the store failed; the next start recovers from its log");
+    }
     info!("stopped");
     Ok(())
 }

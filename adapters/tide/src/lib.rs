@@ -43,8 +43,10 @@
 //!   handler returned it but answered with a 500 problem, first time and on replay, until
 //!   the adapter moves to a tide release built on `http` 1.x.
 //! - After answering early (413, a refused key), tide's HTTP/1 server reads and discards
-//!   the rest of the request body before the connection serves its next request. The
-//!   discarded bytes are never buffered.
+//!   the rest of the request body, unbuffered, before the connection can serve another
+//!   request, and may lose the first bytes of a request sent right behind that body. Such
+//!   answers therefore carry `Connection: close`, so that clients do not reuse the
+//!   connection.
 
 pub mod convert;
 
@@ -89,30 +91,39 @@ impl Durable {
         &self.route
     }
 
-    async fn respond<State>(&self, mut request: tide::Request<State>) -> tide::Response {
-        if request.method() != tide::http::Method::Post {
-            return method_not_allowed_response();
+    async fn respond<State>(&self, request: tide::Request<State>) -> tide::Response {
+        let body_left = has_body(&request);
+        match self.run(request).await {
+            Ok(response) => send(response),
+            Err(refused) => send(close_if(body_left, refused)),
         }
-        let parts = match request_parts(&request) {
-            Ok(parts) => parts,
-            Err(e) => {
-                trace!(error = %e, "request head refused");
-                return send(problem(
-                    StatusCode::BAD_REQUEST,
-                    &format!("the request cannot be read: {e}"),
-                ));
-            }
-        };
+    }
+
+    /// The engine's response, or the refusal given before the body was read to its end.
+    async fn run<State>(
+        &self,
+        mut request: tide::Request<State>,
+    ) -> Result<Response<Bytes>, Response<Bytes>> {
+        if request.method() != tide::http::Method::Post {
+            return Err(method_not_allowed_problem());
+        }
+        let parts = request_parts(&request).map_err(|e| {
+            trace!(error = %e, "request head refused");
+            problem(
+                StatusCode::BAD_REQUEST,
+                &format!("the request cannot be read: {e}"),
+            )
+        })?;
         if let Some(refused) = self.route.precheck(&parts) {
-            return send(refused);
+            return Err(refused);
         }
 
         let body = match read_limited(request.take_body(), self.route.body_limit()).await {
             Ok(body) => body,
-            Err(BodyRead::TooLarge) => return send(self.route.body_too_large()),
+            Err(BodyRead::TooLarge) => return Err(self.route.body_too_large()),
             Err(BodyRead::Failed(e)) => {
                 trace!(error = %e, "request body could not be read");
-                return send(problem(
+                return Err(problem(
                     StatusCode::BAD_REQUEST,
                     &format!("the request body could not be read: {e}"),
                 ));
@@ -123,14 +134,16 @@ impl Durable {
         // A task of its own, so that a client hanging up does not cancel a running handler.
         let route = self.route.clone();
         let task = async move { route.handle(request).await };
-        let response = match async_std::task::spawn(AssertUnwindSafe(task).catch_unwind()).await {
-            Ok(response) => response,
+        match async_std::task::spawn(AssertUnwindSafe(task).catch_unwind()).await {
+            Ok(response) => Ok(response),
             Err(_) => {
                 error!(operation = %self.route.operation(), "durable request task panicked");
-                problem(StatusCode::INTERNAL_SERVER_ERROR, "the operation failed")
+                Ok(problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the operation failed",
+                ))
             }
-        };
-        send(response)
+        }
     }
 }
 
@@ -156,8 +169,11 @@ pub struct MethodNotAllowed;
 
 #[tide::utils::async_trait]
 impl<State: Clone + Send + Sync + 'static> Endpoint<State> for MethodNotAllowed {
-    async fn call(&self, _request: tide::Request<State>) -> tide::Result {
-        Ok(method_not_allowed_response())
+    async fn call(&self, request: tide::Request<State>) -> tide::Result {
+        Ok(send(close_if(
+            has_body(&request),
+            method_not_allowed_problem(),
+        )))
     }
 }
 
@@ -174,6 +190,7 @@ pub struct RouterProblems;
 #[tide::utils::async_trait]
 impl<State: Clone + Send + Sync + 'static> Middleware<State> for RouterProblems {
     async fn handle(&self, request: tide::Request<State>, next: Next<'_, State>) -> tide::Result {
+        let body_left = has_body(&request);
         let response = next.run(request).await;
         let bare = response.is_empty() == Some(true) && response.content_type().is_none();
         let detail = match response.status() {
@@ -187,7 +204,7 @@ impl<State: Clone + Send + Sync + 'static> Middleware<State> for RouterProblems 
             status = status.as_u16(),
             "routing failure answered as a problem"
         );
-        Ok(send(problem(status, detail)))
+        Ok(send(close_if(body_left, problem(status, detail))))
     }
 }
 
@@ -212,12 +229,32 @@ async fn read_limited(body: tide::Body, limit: usize) -> Result<Bytes, BodyRead>
     Ok(Bytes::from(collected))
 }
 
-fn method_not_allowed_response() -> tide::Response {
+fn method_not_allowed_problem() -> Response<Bytes> {
     let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_DETAIL);
     response
         .headers_mut()
         .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-    send(response)
+    response
+}
+
+/// Whether the request may carry body bytes: a declared non-zero length, or chunked.
+fn has_body<State>(request: &tide::Request<State>) -> bool {
+    request.len() != Some(0)
+}
+
+/// Adds `Connection: close` to an answer given before the request body was read.
+///
+/// tide's HTTP/1 server discards the unread body before reading the next request, but it
+/// can lose the first bytes of a request the client sends on the same connection right
+/// after that body. Closing keeps the client from reusing the connection.
+fn close_if(body_left: bool, mut response: Response<Bytes>) -> Response<Bytes> {
+    if body_left {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response<Bytes> {

@@ -202,6 +202,11 @@ fn replay_is_byte_identical_with_every_allowed_header() {
         assert_eq!(first.header("x-content-type-options"), Some("nosniff"));
         assert_eq!(first.header("idempotent-replayed"), None);
         assert_eq!(first.header("x-request-id"), Some("r-1"));
+        assert_eq!(
+            first.header("connection"),
+            None,
+            "a read body keeps the connection"
+        );
 
         let replay = exchange(service.addr, &post_echo("replay-1"), b"hello").await;
         assert_eq!(replay.status, 201);
@@ -293,6 +298,11 @@ fn chunked_body_over_the_limit_is_413_and_stores_nothing() {
         assert_eq!(
             response.json()["type"],
             "urn:cnerium:problem:body-too-large"
+        );
+        assert_eq!(
+            response.header("connection"),
+            Some("close"),
+            "a connection with an unread body is not reused"
         );
         assert_eq!(service.runs.load(Ordering::SeqCst), 0);
 
