@@ -1,4 +1,17 @@
-//! The durable orders example, run as a real process and driven over real sockets.
+//! The durable orders examples, run as real processes and driven over real sockets.
+//!
+//! Every scenario runs against both services, `durable_orders_realtime` (warp on tokio)
+//! and `durable_orders_tide` (tide on async-std), each built when its features are on;
+//! `both_services_answer_one_session_identically` then holds them to the same bytes.
+
+#![cfg(any(
+    all(feature = "warp", feature = "realtime", feature = "file-store"),
+    all(
+        feature = "tide",
+        feature = "realtime-async-std",
+        feature = "file-store"
+    ),
+))]
 
 mod support;
 
@@ -7,12 +20,53 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{Service, WsClient, client, post_order};
 
-const EXAMPLE: &str = "durable_orders_realtime";
 const ORDER_P1: &str = r#"{"product_id":"p1","quantity":2}"#;
 const ORDER_P2: &str = r#"{"product_id":"p2","quantity":1}"#;
 
 /// Waiting time for an event that must not come.
 const QUIET: Duration = Duration::from_millis(700);
+
+/// One module per example, with one test per scenario: `warp::walkthrough_...`,
+/// `tide::walkthrough_...`.
+macro_rules! scenarios_against {
+    ($module:ident, $example:literal, $($feature:literal),+) => {
+        #[cfg(all($(feature = $feature),+))]
+        mod $module {
+            scenarios_against!(@tests $example:
+                walkthrough_creates_replays_and_refuses_a_reused_key,
+                reserialized_json_replays_instead_of_conflicting,
+                every_client_gets_one_event_per_order_and_none_for_replays_or_conflicts,
+                concurrent_identical_first_requests_run_the_handler_once,
+                refused_requests_store_nothing,
+                stored_validation_errors_replay_and_block_a_corrected_body,
+                a_restarted_process_replays_without_running_the_handler,
+            );
+        }
+    };
+    (@tests $example:literal: $($scenario:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread")]
+            async fn $scenario() {
+                super::$scenario($example).await;
+            }
+        )+
+    };
+}
+
+scenarios_against!(
+    warp,
+    "durable_orders_realtime",
+    "warp",
+    "realtime",
+    "file-store"
+);
+scenarios_against!(
+    tide,
+    "durable_orders_tide",
+    "tide",
+    "realtime-async-std",
+    "file-store"
+);
 
 async fn parts(response: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let status = response.status().as_u16();
@@ -25,10 +79,9 @@ fn json(body: &[u8]) -> Value {
     serde_json::from_slice(body).expect("body is JSON")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn walkthrough_creates_replays_and_refuses_a_reused_key() {
+async fn walkthrough_creates_replays_and_refuses_a_reused_key(example: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(EXAMPLE, dir.path());
+    let service = Service::start(example, dir.path());
     let http = client();
 
     let health = http.get(service.url("/health")).send().await.unwrap();
@@ -41,7 +94,9 @@ async fn walkthrough_creates_replays_and_refuses_a_reused_key() {
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(
         json(&first),
-        serde_json::json!({"ok": true, "order_id": "ord_order-123", "product_id": "p1", "quantity": 2})
+        serde_json::json!({
+            "ok": true, "order_id": "ord_order-123", "product_id": "p1", "quantity": 2
+        })
     );
 
     let (status, headers, replay) =
@@ -69,10 +124,9 @@ async fn walkthrough_creates_replays_and_refuses_a_reused_key() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn reserialized_json_replays_instead_of_conflicting() {
+async fn reserialized_json_replays_instead_of_conflicting(example: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(EXAMPLE, dir.path());
+    let service = Service::start(example, dir.path());
     let http = client();
 
     let (status, _, first) =
@@ -86,10 +140,9 @@ async fn reserialized_json_replays_instead_of_conflicting() {
     assert_eq!(replay, first);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_client_gets_one_event_per_order_and_none_for_replays_or_conflicts() {
+async fn every_client_gets_one_event_per_order_and_none_for_replays_or_conflicts(example: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(EXAMPLE, dir.path());
+    let service = Service::start(example, dir.path());
     let http = client();
 
     let mut in_room = WsClient::connect(&format!("{}?room=orders", service.ws)).await;
@@ -138,10 +191,9 @@ async fn every_client_gets_one_event_per_order_and_none_for_replays_or_conflicts
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_identical_first_requests_run_the_handler_once() {
+async fn concurrent_identical_first_requests_run_the_handler_once(example: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(EXAMPLE, dir.path());
+    let service = Service::start(example, dir.path());
     let mut watcher = WsClient::connect(&service.ws).await;
     watcher.join("lobby").await;
 
@@ -193,10 +245,9 @@ async fn concurrent_identical_first_requests_run_the_handler_once() {
     assert_eq!(events.len(), 1, "the handler ran once: {events:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn refused_requests_store_nothing() {
+async fn refused_requests_store_nothing(example: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(EXAMPLE, dir.path());
+    let service = Service::start(example, dir.path());
     let http = client();
 
     let (status, headers, body) = parts(post_order(&http, &service, None, ORDER_P1).await).await;
@@ -231,10 +282,9 @@ async fn refused_requests_store_nothing() {
     assert!(response.headers().get("idempotent-replayed").is_none());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stored_validation_errors_replay_and_block_a_corrected_body() {
+async fn stored_validation_errors_replay_and_block_a_corrected_body(example: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let service = Service::start(EXAMPLE, dir.path());
+    let service = Service::start(example, dir.path());
     let http = client();
     let bad = r#"{"product_id":"p1","quantity":0}"#;
 
@@ -260,18 +310,17 @@ async fn stored_validation_errors_replay_and_block_a_corrected_body() {
     assert_eq!(json(&body)["detail"], "Missing required field: product_id");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_process_replays_without_running_the_handler() {
+async fn a_restarted_process_replays_without_running_the_handler(example: &str) {
     let dir = tempfile::tempdir().unwrap();
     let http = client();
 
-    let mut first_run = Service::start(EXAMPLE, dir.path());
+    let mut first_run = Service::start(example, dir.path());
     let (status, _, first) =
         parts(post_order(&http, &first_run, Some("restart-1"), ORDER_P1).await).await;
     assert_eq!(status, 201);
     first_run.kill();
 
-    let second_run = Service::start(EXAMPLE, dir.path());
+    let second_run = Service::start(example, dir.path());
     let mut watcher = WsClient::connect(&second_run.ws).await;
     watcher.join("lobby").await;
     let (status, headers, replay) =
@@ -284,4 +333,169 @@ async fn a_restarted_process_replays_without_running_the_handler() {
         events.is_empty(),
         "a replay after restart emits nothing: {events:?}"
     );
+}
+
+/// The same session sent to both services, answer for answer and event for event.
+#[cfg(all(
+    feature = "warp",
+    feature = "realtime",
+    feature = "tide",
+    feature = "realtime-async-std",
+    feature = "file-store"
+))]
+mod same_answers {
+    use super::*;
+
+    /// Response headers that must match; `date` and `content-length` framing may not.
+    const COMPARED_HEADERS: [&str; 6] = [
+        "content-type",
+        "idempotent-replayed",
+        "x-content-type-options",
+        "allow",
+        "retry-after",
+        "location",
+    ];
+
+    /// What one request got back: status, the compared headers, the body.
+    #[derive(Debug, PartialEq)]
+    struct Answer {
+        request: String,
+        status: u16,
+        headers: Vec<(&'static str, Option<String>)>,
+        body: String,
+    }
+
+    /// Everything a session produced: the answers in order and the events a watcher got,
+    /// without their `id` and `ts`.
+    #[derive(Debug, PartialEq)]
+    struct Session {
+        answers: Vec<Answer>,
+        events: Vec<Value>,
+    }
+
+    /// The requests of the session: a label, the method, path, key and body.
+    fn requests() -> Vec<(
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<String>,
+        String,
+    )> {
+        let order = |key: &str, body: &str| {
+            let label = "POST /orders";
+            (
+                label,
+                "POST",
+                "/orders",
+                Some(key.to_owned()),
+                body.to_owned(),
+            )
+        };
+        let huge = format!(
+            r#"{{"product_id":"{}","quantity":1}}"#,
+            "x".repeat(2 * 1024 * 1024)
+        );
+        let mut requests = vec![
+            order("order-123", ORDER_P1),
+            order("order-123", ORDER_P1),
+            order("order-123", ORDER_P2),
+            ("no key", "POST", "/orders", None, ORDER_P1.to_owned()),
+        ];
+        let long = "k".repeat(256);
+        for key in ["", "a b", "\"unterminated", long.as_str(), "a,b"] {
+            requests.push(order(key, ORDER_P1));
+        }
+        requests.extend([
+            order("big-1", &huge),
+            order("big-1", ORDER_P1),
+            order("v-1", r#"{"product_id":"p1","quantity":0}"#),
+            order("v-1", r#"{"product_id":"p1","quantity":0}"#),
+            order("v-2", r#"{"quantity":1}"#),
+            order("v-3", r#"{"product_id":"","quantity":1}"#),
+            order("v-4", r#"{"product_id":"p1","quantity":"2"}"#),
+            order("v-5", r#"{"product_id":"p1","quantity":1.5}"#),
+            order("v-6", "not json"),
+            ("wrong method", "GET", "/orders", None, String::new()),
+            ("unknown path", "GET", "/nowhere", None, String::new()),
+        ]);
+        requests
+    }
+
+    async fn record(example: &str) -> Session {
+        let dir = tempfile::tempdir().unwrap();
+        let service = Service::start(example, dir.path());
+        let http = client();
+        let mut watcher = WsClient::connect(&service.ws).await;
+        watcher.join("lobby").await;
+
+        let mut answers = Vec::new();
+        for (label, method, path, key, body) in requests() {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = http
+                .request(method, service.url(path))
+                .header("content-type", "application/json")
+                .body(body);
+            if let Some(key) = &key {
+                request = request.header("idempotency-key", key);
+            }
+            let response = request.send().await.expect("send the request");
+            let (status, headers, body) = parts(response).await;
+            let headers = COMPARED_HEADERS
+                .iter()
+                .map(|&name| {
+                    let value = headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+                    (name, value)
+                })
+                .collect();
+            answers.push(Answer {
+                request: format!("{label} key={key:?}"),
+                status,
+                headers,
+                body: String::from_utf8(body).expect("bodies are text"),
+            });
+        }
+
+        let events = watcher
+            .events_within(QUIET * 2)
+            .await
+            .into_iter()
+            .map(|mut event| {
+                let fields = event.as_object_mut().expect("an event is an object");
+                assert!(fields.remove("id").is_some(), "event has an id");
+                assert!(fields.remove("ts").is_some(), "event has a ts");
+                event
+            })
+            .collect();
+        Session { answers, events }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn both_services_answer_one_session_identically() {
+        let (warp, tide) = tokio::join!(
+            record("durable_orders_realtime"),
+            record("durable_orders_tide")
+        );
+
+        let statuses: Vec<_> = warp.answers.iter().map(|a| a.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                201, 201, 409, 400, 400, 400, 400, 400, 400, 413, 201, 400, 400, 400, 400, 400,
+                400, 400, 405, 404
+            ],
+            "the warp service answered as the spec says: {:#?}",
+            warp.answers
+        );
+        assert_eq!(
+            warp.events.len(),
+            2,
+            "two orders were created: {:?}",
+            warp.events
+        );
+        for (warp, tide) in warp.answers.iter().zip(&tide.answers) {
+            assert_eq!(warp, tide);
+        }
+        assert_eq!(warp.answers.len(), tide.answers.len());
+        assert_eq!(warp.events, tide.events);
+    }
 }
