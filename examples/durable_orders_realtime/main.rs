@@ -6,7 +6,8 @@
 //!
 //! `POST /orders` with an `Idempotency-Key` creates an order once per key and broadcasts
 //! `order.created` to every WebSocket client; retries replay the stored answer. Records
-//! live in a file store, so a restarted service still replays them.
+//! live in a file store, so a restarted service still replays them, and a client that
+//! reconnects with `?since=<ts of the last event it got>` first receives what it missed.
 
 mod app;
 #[path = "../shared/orders.rs"]
@@ -89,6 +90,9 @@ async fn run(args: Args) -> Result<(), String> {
         Arc::new(SystemClock),
         EngineConfig::default(),
     );
+    // The hub is the engine's sink, so the engine exists only now: clients reconnecting
+    // with `?since=` catch up from its store.
+    hub.set_backlog(engine.clone());
     match engine.recover().await {
         Ok(0) => {}
         Ok(n) => info!(events = n, "published events left pending by the last run"),
@@ -117,6 +121,8 @@ async fn run(args: Args) -> Result<(), String> {
 
     maintenance.abort();
     realtime_task.abort();
+    // The hub and the engine hold each other; let go so that the store closes.
+    hub.clear_backlog();
     drop(engine);
     info!("stopped");
     Ok(())

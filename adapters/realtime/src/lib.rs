@@ -19,6 +19,24 @@
 //! Which rooms a connection may join is the application's decision: give the hub a
 //! [`JoinRule`] that looks at the handshake's [`ConnectionInfo`] (URI and headers).
 //!
+//! # Catching up after a reconnect
+//!
+//! Events published while a client was away, or queued for it when the server died, are
+//! not lost for it: a client that reconnects with `?since=<cursor>`, the `ts` of the last
+//! event it received (as in the envelope, `2026-12-03T19:05:09.123Z`, or integer
+//! milliseconds since the epoch; `since=0` for everything kept), first receives the
+//! committed events it may have missed, then live events, never the same event id twice on
+//! one connection. The history comes from the hub's [`Backlog`];
+//! [`Engine`](cnerium_core::Engine) is one, reading its store's
+//! [`events_since`](cnerium_core::Store::events_since).
+//!
+//! The hub looks back a little before the cursor (the engine's lease, 30 s by default),
+//! because an event's `ts` is when the handler emitted it and its record commits later. So
+//! a client may receive again events it had before the reconnect: it drops them by id, as
+//! it drops repeats after a server restart. A cursor that does not parse is answered with
+//! an `invalid_cursor` error frame, and a connection whose backlog fails gets live events
+//! only. See [`Hub`] for the order of the steps and [`RealtimeConfig`] for the limits.
+//!
 //! # Features
 //!
 //! - `tokio`: `tokio::Listener`, a standalone listener on tokio.
