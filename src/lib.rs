@@ -12,10 +12,10 @@
 //!
 //! | feature | default | brings |
 //! |---|---|---|
-//! | `warp` | yes | [`warp`](crate::warp): durable routes in a warp filter tree |
-//! | `realtime` | yes | [`realtime`](crate::realtime): the WebSocket event hub on tokio |
+//! | `warp` | yes | [`warp`]: durable routes in a warp filter tree |
+//! | `realtime` | yes | [`realtime`]: the WebSocket event hub on tokio |
 //! | `tide` | no | `tide`: durable routes as tide 0.16 endpoints, on async-std |
-//! | `realtime-async-std` | no | `realtime`: the same hub with its listener on async-std |
+//! | `realtime-async-std` | no | [`realtime`]: the same hub with its listener on async-std |
 //! | `memory-store` | yes | [`stores::MemoryStore`] |
 //! | `file-store` | yes | [`stores::FileStore`], the durable embedded store |
 //!
