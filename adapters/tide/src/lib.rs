@@ -59,7 +59,10 @@ use http::{Request, Response, StatusCode};
 use tide::{Endpoint, Middleware, Next};
 use tracing::{error, trace};
 
+/// The async-std release tide runs on; the endpoint spawns each durable request onto it.
 pub use async_std;
+/// The tide release this adapter is built for, so that an application names the same
+/// `Server`, `Request` and `Endpoint`.
 pub use tide;
 
 use crate::convert::{request_parts, tide_response};
