@@ -1,6 +1,10 @@
 //! Kills the orders service with SIGKILL under a retrying client load, restarts it on the
 //! same data directory, and checks that nothing a client was told was lost.
 //!
+//! Each incarnation's watcher connects with `?since=` set to the `ts` of the last event an
+//! earlier connection received, so it catches up on events lost with the killed process;
+//! every committed order's event must reach some watcher.
+//!
 //! ```text
 //! cargo test --test crash_kill9 -- --nocapture                      # CI size
 //! CNERIUM_CRASH_KILLS=200 CNERIUM_CRASH_KEYS=500 \
@@ -148,8 +152,10 @@ async fn sigkill_under_retries_loses_no_acknowledged_response() {
 
     for round in 0..=kills {
         let mut service = Service::start(EXAMPLE, dir.path());
-        let mut watcher = WsClient::connect(&service.ws).await;
-        watcher.join("crash-watch").await;
+        // The URL room's answer comes once the catch-up was read, before the load starts.
+        let since = last_ts(&connections).unwrap_or_else(|| "0".to_owned());
+        let url = format!("{}?since={since}&room=crash-watch", service.ws);
+        let watcher = WsClient::connect(&url).await;
         let (stop_watch, stopped) = tokio::sync::oneshot::channel();
         let watching = tokio::spawn(watch(watcher, stopped));
 
@@ -223,16 +229,21 @@ async fn sigkill_under_retries_loses_no_acknowledged_response() {
     // have a fence of its own and so events with other ids.
     let mut ids_by_key: HashMap<String, HashSet<String>> = HashMap::new();
     let mut repeated_on_a_connection = 0;
+    let mut received_before = HashSet::new();
+    let mut received_again = 0;
     for events in &connections {
         let mut seen = HashSet::new();
         for event in events {
             let id = event["id"].as_str().unwrap().to_owned();
             if !seen.insert(id.clone()) {
                 repeated_on_a_connection += 1;
+            } else if received_before.contains(&id) {
+                received_again += 1;
             }
             let order = event["payload"]["order_id"].as_str().unwrap().to_owned();
             ids_by_key.entry(order).or_default().insert(id);
         }
+        received_before.extend(seen);
     }
     let run_twice = ids_by_key.values().filter(|ids| ids.len() > 1).count();
     let undelivered = committed
@@ -245,8 +256,9 @@ async fn sigkill_under_retries_loses_no_acknowledged_response() {
     println!(
         "crash test: kills {kills}, requests {requests}, keys {used}, acknowledged responses \
          {acknowledged_count} on {} keys, acknowledged responses lost {}, handlers run twice \
-         {run_twice}, events repeated on one connection {repeated_on_a_connection}, committed \
-         orders whose event no client received {undelivered}",
+         {run_twice}, events repeated on one connection {repeated_on_a_connection}, events a \
+         later connection received again {received_again}, committed orders whose event no \
+         client received {undelivered}",
         acknowledged.len(),
         lost.len(),
     );
@@ -256,4 +268,14 @@ async fn sigkill_under_retries_loses_no_acknowledged_response() {
         "a key's handler committed twice: {ids_by_key:?}"
     );
     assert_eq!(repeated_on_a_connection, 0);
+    assert_eq!(
+        undelivered, 0,
+        "committed orders whose event no client received, even after catching up"
+    );
+}
+
+/// The `ts` of the last event received by the latest connection that received any.
+fn last_ts(connections: &[Vec<Value>]) -> Option<String> {
+    let last = connections.iter().rev().find_map(|events| events.last())?;
+    Some(last["ts"].as_str()?.to_owned())
 }
