@@ -35,6 +35,8 @@
 //! - `complete`, `release` and `mark_published` are an `UPDATE` or `DELETE` whose `WHERE`
 //!   names the key, the state and the fence; no matching row means the caller was fenced.
 //! - `purge_expired` deletes expired rows in batches, skipping rows a claim holds locked.
+//! - `events_since` unnests the events of completed rows from a time, ordered by completion
+//!   time, fence and staging order, over a partial index on `(completed_at, fence)`.
 //!
 //! Every time in the table is a `BIGINT` of milliseconds handed in by the engine's clock;
 //! no statement reads the database server's clock.
@@ -51,8 +53,8 @@ use std::sync::Arc;
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
-    Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, PendingEvents, Record,
+    RecordKey, Store, StoreError, Timestamp,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
@@ -292,6 +294,19 @@ impl Store for PostgresStore {
                 Ok(PendingEvents { key, fence, events })
             })
             .collect()
+    }
+
+    async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let (client, statement) = self.prepared(&self.statements.events_since).await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(&statement, &[&millis_to_sql(since), &limit])
+            .await
+            .map_err(|e| failed("event history", e))?;
+        rows.iter().map(row::history_row).collect()
     }
 
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {

@@ -158,6 +158,12 @@ pub(crate) fn pending_row(
     Ok((key, fence, events))
 }
 
+/// Decodes a row of `event` from the event history statement.
+pub(crate) fn history_row(row: &Row) -> Result<Event, StoreError> {
+    let event: Json<StoredEvent> = get(row, 0)?;
+    Ok(event.0.into_event())
+}
+
 /// A timestamp as a `BIGINT`; instants past the year 292 million clamp to `i64::MAX`.
 pub(crate) fn millis_to_sql(ts: Timestamp) -> i64 {
     i64::try_from(ts.as_millis()).unwrap_or(i64::MAX)

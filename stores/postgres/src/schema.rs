@@ -10,7 +10,7 @@ use crate::error::ConnectError;
 use crate::options::PostgresOptions;
 
 /// The schema version this crate creates and understands.
-pub(crate) const SCHEMA_VERSION: i32 = 1;
+pub(crate) const SCHEMA_VERSION: i32 = 2;
 
 /// First key of the advisory lock that serializes migrations across processes.
 const MIGRATION_LOCK: i32 = 0x636e_7267; // "cnrg"
@@ -24,6 +24,7 @@ struct Names {
     versions: String,
     expires_index: String,
     pending_index: String,
+    history_index: String,
 }
 
 impl Names {
@@ -39,6 +40,7 @@ impl Names {
             versions: format!("\"{schema}\".\"{prefix}schema_version\""),
             expires_index: format!("\"{prefix}records_expires_at\""),
             pending_index: format!("\"{prefix}records_pending\""),
+            history_index: format!("\"{prefix}records_history\""),
         }
     }
 }
@@ -56,6 +58,7 @@ pub(crate) struct Statements {
     pub(crate) release: String,
     pub(crate) mark_published: String,
     pub(crate) pending_events: String,
+    pub(crate) events_since: String,
     pub(crate) lookup: String,
     pub(crate) purge_batch: String,
 }
@@ -148,6 +151,16 @@ impl Statements {
             LIMIT $1"
         );
 
+        // $1 since, $2 limit. Each record's JSON array is unnested in its stored order, so
+        // the limit counts events, not records.
+        let events_since = format!(
+            "SELECT e.event FROM {records} r
+            CROSS JOIN LATERAL json_array_elements(r.events) WITH ORDINALITY AS e(event, n)
+            WHERE r.state = 'completed' AND r.event_count > 0 AND r.completed_at >= $1
+            ORDER BY r.completed_at, r.fence, e.n
+            LIMIT $2"
+        );
+
         let lookup = format!(
             "SELECT false AS granted, {columns} FROM {records}
             WHERE record_key = $1 AND expires_at > $2"
@@ -172,6 +185,7 @@ impl Statements {
             release,
             mark_published,
             pending_events,
+            events_since,
             lookup,
             purge_batch,
         }
@@ -185,6 +199,7 @@ fn migration(names: &Names, n: i32) -> Option<String> {
         fences,
         expires_index,
         pending_index,
+        history_index,
         ..
     } = names;
     match n {
@@ -215,6 +230,11 @@ fn migration(names: &Names, n: i32) -> Option<String> {
             CREATE INDEX IF NOT EXISTS {pending_index} ON {records} (completed_at, fence)
                 WHERE state = 'completed' AND NOT events_published AND event_count > 0;
             CREATE SEQUENCE IF NOT EXISTS {fences} AS BIGINT;"
+        )),
+        // The event history reconnecting clients catch up from, published or not.
+        2 => Some(format!(
+            "CREATE INDEX IF NOT EXISTS {history_index} ON {records} (completed_at, fence)
+                WHERE state = 'completed' AND event_count > 0;"
         )),
         _ => None,
     }

@@ -632,13 +632,50 @@ async fn connect_refuses_tables_of_a_newer_schema_version() {
     assert!(
         matches!(
             result,
-            Err(ConnectError::UnsupportedSchemaVersion {
-                found: 99,
-                supported: 1
-            })
+            Err(ConnectError::UnsupportedSchemaVersion { found: 99, .. })
         ),
         "{result:?}"
     );
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn tables_of_schema_version_1_gain_the_event_history_at_connect() {
+    let schema = TestSchema::new("upgrade_from_1").await;
+    let store = schema.connect().await;
+    let k = key("k1");
+    let (fence, _) = claimed(&store, claim(&k, fingerprint(1), T0)).await;
+    store
+        .complete(&k, fence, completion(T0, vec![event("a.b", None, 1)]))
+        .await
+        .unwrap();
+    drop(store);
+    // What a store of the first version left behind.
+    schema
+        .execute(&format!(
+            "DROP INDEX \"{0}\".cnerium_records_history;
+            DELETE FROM \"{0}\".cnerium_schema_version WHERE version > 1",
+            schema.name
+        ))
+        .await;
+
+    let store = schema.connect().await;
+
+    let history = store.events_since(T0, 10).await.unwrap();
+    assert_eq!(history, [event("a.b", None, 1)]);
+    let (client, connection) = tokio_postgres::connect(&common::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let indexes: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+            &[&schema.name, &"cnerium_records_history"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(indexes, 1, "the history index was not created");
     schema.drop().await;
 }
 

@@ -38,6 +38,9 @@
 //! expired by the engine's clock that Redis still holds and clears the store's indexes;
 //! the records Redis expired by itself are not counted.
 //!
+//! `events_since` reads a sorted set of the completed records that have events, by
+//! completion time; each record's events are read from its hash, so Redis keeps one copy.
+//!
 //! See [`relay`] for how events travel between replicas.
 
 #![warn(missing_docs)]

@@ -25,6 +25,7 @@ pub(crate) struct Keys {
     pub(crate) fence: String,
     pub(crate) expiry: String,
     pub(crate) pending: String,
+    pub(crate) history: String,
 }
 
 impl Keys {
@@ -34,6 +35,7 @@ impl Keys {
             fence: format!("{prefix}fence"),
             expiry: format!("{prefix}expiry"),
             pending: format!("{prefix}pending"),
+            history: format!("{prefix}history"),
         }
     }
 

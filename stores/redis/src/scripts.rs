@@ -13,6 +13,9 @@
 //! - `P` `pending`: a sorted set of `fence:hex(record key)` (fence zero-padded to 20
 //!   digits) by `completed_at`, for completed records whose events are unpublished. Equal
 //!   completion times sort by fence, as the members sort as text.
+//! - `P` `history`: a sorted set of hex(record key) by `completed_at`, for completed records
+//!   with events, published or not: the event history of `events_since`. A claim that
+//!   replaces a record and a purge that deletes one remove its entry.
 //!
 //! Times and fences travel as decimal strings and are stored as sent. Lua compares them as
 //! doubles, exact for milliseconds until the year 287 396 and fences below 2^53.
@@ -21,7 +24,7 @@ use redis::Script;
 
 /// Claims a record.
 ///
-/// KEYS: record, fence counter, expiry index, pending index.
+/// KEYS: record, fence counter, expiry index, pending index, history index.
 /// ARGV: now, lease until, expires at, fingerprint, record id (hex), ttl in ms.
 /// Returns `{1, fence, takeover}` when granted, `{0, HGETALL of the record}` otherwise.
 const CLAIM: &str = r"
@@ -39,6 +42,7 @@ if current[1] then
     redis.call('ZREM', KEYS[4], string.rep('0', 20 - #fence) .. fence .. ':' .. ARGV[5])
     redis.call('DEL', KEYS[1])
 end
+redis.call('ZREM', KEYS[5], ARGV[5])
 local fence = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'fp', ARGV[4], 'state', 'in_progress', 'fence', fence,
     'lease_until', ARGV[2], 'created_at', ARGV[1], 'expires_at', ARGV[3])
@@ -49,7 +53,7 @@ return {1, fence, takeover}
 
 /// Completes a record if it is in progress under the fence.
 ///
-/// KEYS: record, expiry index, pending index.
+/// KEYS: record, expiry index, pending index, history index.
 /// ARGV: fence, completed at, expires at, status, headers, body, events, has events (0/1),
 /// record id, ttl in ms, pending member.
 /// Returns 1 when stored, 0 when fenced.
@@ -66,6 +70,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[10])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[9])
 if ARGV[8] == '1' then
     redis.call('ZADD', KEYS[3], ARGV[2], ARGV[11])
+    redis.call('ZADD', KEYS[4], ARGV[2], ARGV[9])
 end
 return 1
 ";
@@ -137,9 +142,61 @@ end
 return out
 ";
 
+/// Lists the events of completed records from a time, by completion time then fence.
+///
+/// Reads whole records from the history index in score order until it holds `limit` of
+/// them (each has one event at least) and every record sharing the last completion time,
+/// skips entries whose record is gone or no longer completed, and sorts by completion
+/// time, then fence. Changes nothing.
+///
+/// KEYS: history index. ARGV: record key prefix, since, limit.
+/// Returns the `events` fields in order.
+const EVENTS_SINCE: &str = r"
+local since = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local found = {}
+local last = nil
+local offset = 0
+local done = false
+while not done do
+    local entries = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf',
+        'WITHSCORES', 'LIMIT', offset, limit)
+    if #entries == 0 then
+        break
+    end
+    for i = 1, #entries, 2 do
+        local score = tonumber(entries[i + 1])
+        if #found >= limit and score ~= last then
+            done = true
+            break
+        end
+        local record = redis.call('HMGET', ARGV[1] .. entries[i],
+            'state', 'completed_at', 'fence', 'events')
+        local completed_at = tonumber(record[2])
+        if record[1] == 'completed' and completed_at and completed_at >= since then
+            found[#found + 1] = {completed_at, tonumber(record[3]), record[4]}
+            last = score
+        end
+    end
+    offset = offset + #entries / 2
+end
+table.sort(found, function(a, b)
+    if a[1] ~= b[1] then
+        return a[1] < b[1]
+    end
+    return a[2] < b[2]
+end)
+local out = {}
+for i, entry in ipairs(found) do
+    out[i] = entry[3]
+end
+return out
+";
+
 /// Deletes records whose `expires_at` is at or before now, one batch of the expiry index.
 ///
-/// KEYS: expiry index, pending index. ARGV: now, batch size, record key prefix.
+/// KEYS: expiry index, pending index, history index. ARGV: now, batch size, record key
+/// prefix.
 /// Returns `{entries looked at, records deleted}`.
 const PURGE_BATCH: &str = r"
 local now = tonumber(ARGV[1])
@@ -157,6 +214,7 @@ for _, id in ipairs(ids) do
             redis.call('DEL', key)
             removed = removed + 1
         end
+        redis.call('ZREM', KEYS[3], id)
         redis.call('ZREM', KEYS[1], id)
     end
 end
@@ -171,6 +229,7 @@ pub(crate) struct Scripts {
     pub(crate) release: Script,
     pub(crate) mark_published: Script,
     pub(crate) pending_events: Script,
+    pub(crate) events_since: Script,
     pub(crate) purge_batch: Script,
 }
 
@@ -182,6 +241,7 @@ impl Scripts {
             release: Script::new(RELEASE),
             mark_published: Script::new(MARK_PUBLISHED),
             pending_events: Script::new(PENDING_EVENTS),
+            events_since: Script::new(EVENTS_SINCE),
             purge_batch: Script::new(PURGE_BATCH),
         }
     }

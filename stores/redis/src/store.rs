@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cnerium_core::async_trait;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, CompleteError, Completion, Fence, PendingEvents, Record, RecordKey,
-    Store, StoreError, Timestamp,
+    ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, PendingEvents, Record,
+    RecordKey, Store, StoreError, Timestamp,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -100,6 +100,7 @@ impl Store for RedisStore {
             .key(&self.keys.fence)
             .key(&self.keys.expiry)
             .key(&self.keys.pending)
+            .key(&self.keys.history)
             .arg(request.now.as_millis())
             .arg(request.lease_until.as_millis())
             .arg(request.expires_at.as_millis())
@@ -146,6 +147,7 @@ impl Store for RedisStore {
             .key(self.keys.record(&id))
             .key(&self.keys.expiry)
             .key(&self.keys.pending)
+            .key(&self.keys.history)
             .arg(fence.0)
             .arg(completion.completed_at.as_millis())
             .arg(completion.expires_at.as_millis())
@@ -235,6 +237,32 @@ impl Store for RedisStore {
             .collect()
     }
 
+    async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let fields: Vec<Vec<u8>> = self
+            .scripts
+            .events_since
+            .key(&self.keys.history)
+            .arg(&self.keys.record_prefix)
+            .arg(since.as_millis())
+            .arg(limit)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(|e| failed("event history", e))?;
+
+        let mut events = Vec::new();
+        for field in fields {
+            events.extend(record::decode_events(&field)?);
+            if events.len() >= limit {
+                events.truncate(limit);
+                break;
+            }
+        }
+        Ok(events)
+    }
+
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
             .arg(self.keys.record(&record_id(key)))
@@ -253,6 +281,7 @@ impl Store for RedisStore {
                 .purge_batch
                 .key(&self.keys.expiry)
                 .key(&self.keys.pending)
+                .key(&self.keys.history)
                 .arg(now.as_millis())
                 .arg(self.options.purge_batch_size)
                 .arg(&self.keys.record_prefix)

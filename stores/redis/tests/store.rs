@@ -451,6 +451,52 @@ async fn purge_removes_expired_records_in_batches_and_keeps_live_ones() {
 }
 
 #[tokio::test]
+async fn the_event_history_forgets_records_replaced_by_a_claim_or_purged() {
+    let prefix = TestPrefix::new("history").await;
+    let store = prefix.connect().await;
+    let history_entries = || async {
+        let entries: u64 = redis::cmd("ZCARD")
+            .arg(format!("{}history", prefix.prefix))
+            .query_async(&mut prefix.raw().await)
+            .await
+            .unwrap();
+        entries
+    };
+    // Two records completed at one time, the later fence first in key order.
+    let (b, a) = (key("b"), key("a"));
+    let (fence_b, _) = claimed(&store, claim(&b, fingerprint(1), T0)).await;
+    let (fence_a, _) = claimed(&store, claim(&a, fingerprint(1), T0)).await;
+    store
+        .complete(&a, fence_a, completion(T0, vec![event("x.a", None, 1)]))
+        .await
+        .unwrap();
+    store
+        .complete(&b, fence_b, completion(T0, vec![event("x.b", None, 2)]))
+        .await
+        .unwrap();
+    store.mark_published(&a, fence_a).await.unwrap();
+    let ids = |events: Vec<cnerium_core::Event>| events.into_iter().map(|e| e.id).collect();
+    let listed: Vec<String> = ids(store.events_since(T0, 10).await.unwrap());
+    assert_eq!(
+        listed,
+        ["evt_x.b_2", "evt_x.a_1"],
+        "by fence within one time"
+    );
+
+    // "a" expires and is claimed afresh: its old events leave the history.
+    let expired = T0.saturating_add(RETENTION);
+    claimed(&store, claim(&a, fingerprint(2), expired)).await;
+    let listed: Vec<String> = ids(store.events_since(T0, 10).await.unwrap());
+    assert_eq!(listed, ["evt_x.b_2"]);
+    assert_eq!(history_entries().await, 1);
+
+    assert_eq!(store.purge_expired(expired).await.unwrap(), 1);
+    assert!(store.events_since(T0, 10).await.unwrap().is_empty());
+    assert_eq!(history_entries().await, 0);
+    prefix.clean().await;
+}
+
+#[tokio::test]
 async fn lookup_hides_expired_records_and_changes_nothing() {
     let prefix = TestPrefix::new("lookup").await;
     let store = prefix.connect().await;
@@ -567,6 +613,7 @@ async fn every_key_lives_under_the_prefix_with_a_ttl_from_the_callers_clock() {
         [
             format!("{p}expiry"),
             format!("{p}fence"),
+            format!("{p}history"),
             format!("{p}pending"),
             record_key
         ]
