@@ -15,6 +15,9 @@
 //! restart checks. Each check gets a fresh store. The suite blocks on the store's futures
 //! with a minimal executor and races claims on plain threads, so it needs no async runtime;
 //! call it from a synchronous test (or from `spawn_blocking` in an async one).
+//! A store built on tokio I/O needs a tokio runtime to make progress: wrap it in
+//! `OnRuntime` (the `tokio` feature of this crate), which runs each call on a runtime you
+//! hand it.
 //!
 //! The checks, by name:
 //!
@@ -70,6 +73,9 @@ use cnerium_core::{
 use futures_executor::block_on;
 use http::StatusCode;
 use http::header::{CONTENT_TYPE, ETAG, HeaderName, HeaderValue, LINK, LOCATION};
+
+#[cfg(feature = "tokio")]
+pub use crate::on_runtime::OnRuntime;
 
 /// Makes empty stores for the suite, and reopens one when the store is persistent.
 pub trait StoreFactory {

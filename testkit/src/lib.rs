@@ -90,6 +90,12 @@
 //! A store that persists passes a [`conformance::persistent`] factory, which also runs the
 //! restart checks. The `custom_store` example of the `cnerium` crate proves a store written
 //! in application code this way.
+//!
+//! # Cargo features
+//!
+//! - `tokio` (off by default): `conformance::OnRuntime`, which runs each call of a store
+//!   built on tokio I/O (PostgreSQL, Redis) on a tokio runtime, so that the suite's own
+//!   executor can drive it.
 
 #![warn(missing_docs)]
 
@@ -97,6 +103,8 @@ pub mod conformance;
 pub mod faulty;
 mod gate;
 pub mod model;
+#[cfg(feature = "tokio")]
+mod on_runtime;
 pub mod properties;
 pub mod sim;
 pub mod sink;

@@ -7,8 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cnerium_store_postgres::PostgresStore;
-use cnerium_testkit::conformance;
-use common::on_runtime::OnRuntime;
+use cnerium_testkit::conformance::{self, OnRuntime};
 
 const SCHEMA_PREFIX: &str = "cnerium_conformance_";
 
@@ -51,11 +50,7 @@ fn the_postgres_store_passes_the_conformance_suite() {
         let inner = handle
             .block_on(PostgresStore::connect(&common::url(), options))
             .expect("connecting to the test database");
-        OnRuntime {
-            runtime: handle.clone(),
-            inner,
-            name: schema,
-        }
+        OnRuntime::new(handle.clone(), inner).with_label(schema)
     };
     let created = AtomicUsize::new(0);
     let create = {
@@ -68,7 +63,7 @@ fn the_postgres_store_passes_the_conformance_suite() {
         }
     };
     let reopen = move |old: OnRuntime<PostgresStore>| {
-        let name = old.name.clone();
+        let name = old.label().to_owned();
         drop(old);
         open(name)
     };

@@ -7,8 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cnerium_store_redis::{RedisOptions, RedisStore};
-use cnerium_testkit::conformance;
-use common::on_runtime::OnRuntime;
+use cnerium_testkit::conformance::{self, OnRuntime};
 use redis::AsyncCommands;
 
 const PREFIX: &str = "cnerium-test:conformance:";
@@ -41,11 +40,7 @@ fn the_redis_store_passes_the_conformance_suite() {
         let inner = handle
             .block_on(RedisStore::connect(&common::url(), options))
             .expect("connecting to the test redis");
-        OnRuntime {
-            runtime: handle.clone(),
-            inner,
-            name: prefix,
-        }
+        OnRuntime::new(handle.clone(), inner).with_label(prefix)
     };
     let created = AtomicUsize::new(0);
     let create = {
@@ -58,7 +53,7 @@ fn the_redis_store_passes_the_conformance_suite() {
         }
     };
     let reopen = move |old: OnRuntime<RedisStore>| {
-        let prefix = old.name.clone();
+        let prefix = old.label().to_owned();
         drop(old);
         open(prefix)
     };

@@ -2,8 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod on_runtime;
-
 use std::time::Duration;
 
 use bytes::Bytes;

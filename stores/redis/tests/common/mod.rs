@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod on_runtime;
 pub mod replica;
 
 use std::time::Duration;
