@@ -464,12 +464,14 @@ impl Session {
         };
         let truncated = events.len() > limit;
 
+        // Events are held, so this takes the answers queued so far, such as the
+        // `room.joined` of the URL rooms: they go before the missed events.
         while let Some(frame) = self.outbox.try_pop() {
             sink.feed(frame.into_message()).await?;
         }
 
         let rooms = self.hub.rooms_of(self.id);
-        let mut batch = 0;
+        let mut caught_up = 0;
         for event in events.into_iter().take(limit) {
             let receivable = event.room.as_ref().is_none_or(|room| rooms.contains(room));
             if !receivable || sent.contains(&event.id) {
@@ -477,8 +479,8 @@ impl Session {
             }
             sink.feed(Message::text(event.to_envelope())).await?;
             sent.insert(event.id);
-            batch += 1;
-            if batch % WRITE_BATCH == 0 {
+            caught_up += 1;
+            if caught_up % WRITE_BATCH == 0 {
                 sink.flush().await?;
             }
         }
@@ -497,7 +499,7 @@ impl Session {
             connection = %self.id,
             %cursor,
             %from,
-            sent = batch,
+            events = caught_up,
             truncated,
             "caught up"
         );
