@@ -72,6 +72,13 @@ pub use cnerium_tide as tide;
 pub use cnerium_realtime as realtime;
 
 /// Record stores.
+///
+/// Shared by several replicas of a service, with the features that are off by default:
+///
+/// | feature | brings |
+/// |---|---|
+/// | `postgres-store` | `stores::postgres` (`cnerium-store-postgres`), `stores::PostgresStore` |
+/// | `redis-store` | `stores::redis` (`cnerium-store-redis`), `stores::RedisStore`, the event relay |
 pub mod stores {
     #[cfg(feature = "file-store")]
     pub use cnerium_store_file as file;
@@ -79,6 +86,14 @@ pub mod stores {
     pub use cnerium_store_file::FileStore;
     #[cfg(feature = "memory-store")]
     pub use cnerium_store_memory::MemoryStore;
+    #[cfg(feature = "postgres-store")]
+    pub use cnerium_store_postgres as postgres;
+    #[cfg(feature = "postgres-store")]
+    pub use cnerium_store_postgres::PostgresStore;
+    #[cfg(feature = "redis-store")]
+    pub use cnerium_store_redis as redis;
+    #[cfg(feature = "redis-store")]
+    pub use cnerium_store_redis::RedisStore;
 }
 
 /// The wall clock, for services; tests use [`ManualClock`].

@@ -8,8 +8,12 @@
 //! `order.created` to every WebSocket client; retries replay the stored answer. Records
 //! live in a file store, so a restarted service still replays them, and a client that
 //! reconnects with `?since=<ts of the last event it got>` first receives what it missed.
+//!
+//! Several replicas share records with `--store postgres://...` or `--store redis://...`
+//! and carry events to each other's clients with `--events redis://...` (see `backend`).
 
 mod app;
+mod backend;
 #[path = "../shared/orders.rs"]
 mod orders;
 
@@ -19,9 +23,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backend::{EventsChoice, StoreChoice, StoreNames};
 use clap::Parser;
 use cnerium::realtime::{Hub, RealtimeConfig};
-use cnerium::stores::FileStore;
 use cnerium::{Engine, EngineConfig, SystemClock};
 use tracing::{error, info, warn};
 
@@ -44,9 +48,52 @@ struct Args {
     )]
     realtime: SocketAddr,
 
-    /// Directory where records are kept.
+    /// Directory where records are kept with `--store file`.
     #[arg(long = "data-dir", value_name = "PATH", default_value = "data/cnerium")]
     data_dir: PathBuf,
+
+    /// Where records are kept: `file` (in --data-dir), `memory` (lost on stop),
+    /// `postgres://user@host:5432/db` or `redis://host:6379/0`. Replicas started with the
+    /// same PostgreSQL or Redis store (and the same schema, table prefix or key prefix)
+    /// share records: a retry sent to any of them replays. PostgreSQL needs the
+    /// `postgres-store` feature, Redis the `redis-store` feature.
+    #[arg(long = "store", value_name = "STORE", default_value = "file")]
+    store: StoreChoice,
+
+    /// How committed events reach WebSocket clients: `local` (this process's clients) or
+    /// `redis://host:6379/0` (published to --events-channel, which every replica relays to
+    /// its own clients, each event once). Default: the Redis server of a Redis store,
+    /// `local` otherwise. Needs the `redis-store` feature.
+    #[arg(long = "events", value_name = "EVENTS")]
+    events: Option<EventsChoice>,
+
+    /// Redis channel of `--events redis://...`; replicas of one service use the same one.
+    #[arg(
+        long = "events-channel",
+        value_name = "NAME",
+        default_value = "cnerium:events"
+    )]
+    events_channel: String,
+
+    /// PostgreSQL schema of the store's tables (created when missing).
+    #[arg(long = "pg-schema", value_name = "NAME", default_value = "public")]
+    pg_schema: String,
+
+    /// Prefix of the store's PostgreSQL table names.
+    #[arg(
+        long = "pg-table-prefix",
+        value_name = "PREFIX",
+        default_value = "cnerium_"
+    )]
+    pg_table_prefix: String,
+
+    /// Prefix of every key of the Redis store.
+    #[arg(
+        long = "redis-key-prefix",
+        value_name = "PREFIX",
+        default_value = "cnerium:"
+    )]
+    redis_key_prefix: String,
 }
 
 #[tokio::main]
@@ -70,8 +117,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let store = FileStore::open(&args.data_dir).map_err(|e| e.to_string())?;
-    let store = Arc::new(store);
+    let names = StoreNames {
+        data_dir: &args.data_dir,
+        pg_schema: &args.pg_schema,
+        pg_table_prefix: &args.pg_table_prefix,
+        redis_key_prefix: &args.redis_key_prefix,
+    };
+    let store = backend::open_store(&args.store, &names).await?;
+    let events = args
+        .events
+        .clone()
+        .unwrap_or_else(|| EventsChoice::default_for(&args.store));
+    if matches!(args.store, StoreChoice::Postgres(_)) && events == EventsChoice::Local {
+        warn!(
+            "records are shared but events are local: clients of other replicas miss the \
+             events of requests run here; pass --events redis://..."
+        );
+    }
 
     let hub = Hub::new(RealtimeConfig::default());
     let realtime = cnerium::realtime::tokio::Listener::bind(args.realtime, hub.clone())
@@ -83,15 +145,17 @@ async fn run(args: Args) -> Result<(), String> {
             )
         })?;
     let realtime_addr = realtime.local_addr();
+    let events = backend::event_path(&events, &args.events_channel, &hub).await?;
 
     let engine = Engine::with_parts(
-        store.clone(),
-        Arc::new(hub.clone()),
+        store.store,
+        events.sink,
         Arc::new(SystemClock),
         EngineConfig::default(),
     );
-    // The hub is the engine's sink, so the engine exists only now: clients reconnecting
-    // with `?since=` catch up from its store.
+    // The hub is fed by the engine, so the engine exists only now: clients reconnecting
+    // with `?since=` catch up from its store, which holds every replica's events when the
+    // store is shared.
     hub.set_backlog(engine.clone());
     match engine.recover().await {
         Ok(0) => {}
@@ -106,8 +170,8 @@ async fn run(args: Args) -> Result<(), String> {
 
     println!(
         "{SERVICE}: http://{http_addr} (POST /orders, GET /health), realtime \
-         ws://{realtime_addr}/ws, data in {}",
-        args.data_dir.display()
+         ws://{realtime_addr}/ws, {}{}",
+        store.description, events.description
     );
 
     let maintenance = tokio::spawn(purge_periodically(engine.clone()));
@@ -121,6 +185,9 @@ async fn run(args: Args) -> Result<(), String> {
 
     maintenance.abort();
     realtime_task.abort();
+    if let Some(relay) = events.relay {
+        relay.abort();
+    }
     // The hub and the engine hold each other; let go so that the store closes.
     hub.clear_backlog();
     drop(engine);
