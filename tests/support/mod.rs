@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,15 +45,19 @@ impl Service {
     /// Starts `example` on free ports with records in `data_dir`, and waits until it
     /// prints where it listens.
     pub fn start(example: &str, data_dir: &Path) -> Service {
+        Self::start_with(example, [OsStr::new("--data-dir"), data_dir.as_os_str()])
+    }
+
+    /// Starts `example` on free ports with `args` after the address flags (a store, the
+    /// names it keeps records under), and waits until it prints where it listens.
+    pub fn start_with<I, A>(example: &str, args: I) -> Service
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
         let mut child = Command::new(example_binary(example))
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--realtime",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
+            .args(["--http", "127.0.0.1:0", "--realtime", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
