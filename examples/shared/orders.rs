@@ -1,5 +1,8 @@
 //! The order handler both orders services run, whatever their web framework: the same
 //! validation, the same response bytes and the same `order.created` event.
+//!
+//! Its steps are public, so that a route without the engine (the plain route of the HTTP
+//! benchmark) runs the same code as the durable one.
 
 use cnerium::{DurableRequest, DurableResponse, EmitError};
 use serde::Serialize;
@@ -7,6 +10,12 @@ use serde_json::Value;
 
 /// Operation name of `POST /orders`; keys are scoped by it.
 pub const CREATE_ORDER: &str = "orders.create";
+
+/// An order request that passed validation, borrowing from the parsed body.
+pub struct Order<'a> {
+    product_id: &'a str,
+    quantity: u64,
+}
 
 #[derive(Serialize)]
 struct OrderCreated<'a> {
@@ -16,50 +25,87 @@ struct OrderCreated<'a> {
     quantity: u64,
 }
 
+/// The payload of the `order.created` event.
 #[derive(Serialize)]
-struct OrderEvent<'a> {
+pub struct OrderEvent<'a> {
     order_id: &'a str,
     product_id: &'a str,
     quantity: u64,
 }
 
-/// Creates an order once per idempotency key and tells every connected client.
-pub async fn create_order(request: DurableRequest) -> Result<DurableResponse, EmitError> {
-    let Ok(body) = request.json() else {
-        return Ok(DurableResponse::bad_request(
-            "Request body must be a JSON object",
-        ));
-    };
-    let product_id = match body.get("product_id") {
-        Some(Value::String(id)) if !id.is_empty() => id.as_str(),
-        _ => {
-            return Ok(DurableResponse::bad_request(
-                "Missing required field: product_id",
-            ));
-        }
-    };
-    let quantity = match body.get("quantity").and_then(Value::as_u64) {
-        Some(quantity) if quantity > 0 => quantity,
-        _ => {
-            return Ok(DurableResponse::bad_request(
-                "Field quantity must be greater than zero",
-            ));
-        }
-    };
+/// Why an order request was refused: the detail of its 400 answer.
+pub struct Refused(&'static str);
 
-    let order_id = format!("ord_{}", request.idempotency_key());
-    request.emit(
-        "order.created",
-        OrderEvent {
-            order_id: &order_id,
+impl Refused {
+    /// The 400 answer.
+    pub fn response(&self) -> DurableResponse {
+        DurableResponse::bad_request(self.0)
+    }
+}
+
+/// Parses a request body as JSON.
+pub fn parse_body(body: &[u8]) -> Result<Value, Refused> {
+    serde_json::from_slice(body).map_err(|_| Refused("Request body must be a JSON object"))
+}
+
+/// The id of the order created under idempotency key `key`.
+pub fn order_id(key: &str) -> String {
+    format!("ord_{key}")
+}
+
+impl<'a> Order<'a> {
+    /// Checks `product_id` and `quantity`.
+    pub fn validate(body: &'a Value) -> Result<Self, Refused> {
+        let product_id = match body.get("product_id") {
+            Some(Value::String(id)) if !id.is_empty() => id.as_str(),
+            _ => {
+                return Err(Refused("Missing required field: product_id"));
+            }
+        };
+        let quantity = match body.get("quantity").and_then(Value::as_u64) {
+            Some(quantity) if quantity > 0 => quantity,
+            _ => {
+                return Err(Refused("Field quantity must be greater than zero"));
+            }
+        };
+        Ok(Self {
             product_id,
             quantity,
-        },
-    )?;
-    Ok(DurableResponse::created(OrderCreated {
-        ok: true,
-        order_id: &order_id,
-        product_id,
-        quantity,
-    }))
+        })
+    }
+
+    /// The payload of the `order.created` event for this order.
+    pub fn event<'b>(&'b self, order_id: &'b str) -> OrderEvent<'b> {
+        OrderEvent {
+            order_id,
+            product_id: self.product_id,
+            quantity: self.quantity,
+        }
+    }
+
+    /// The 201 answer for this order.
+    pub fn created(&self, order_id: &str) -> DurableResponse {
+        DurableResponse::created(OrderCreated {
+            ok: true,
+            order_id,
+            product_id: self.product_id,
+            quantity: self.quantity,
+        })
+    }
+}
+
+/// Creates an order once per idempotency key and tells every connected client.
+pub async fn create_order(request: DurableRequest) -> Result<DurableResponse, EmitError> {
+    let body = match parse_body(request.body()) {
+        Ok(body) => body,
+        Err(refused) => return Ok(refused.response()),
+    };
+    let order = match Order::validate(&body) {
+        Ok(order) => order,
+        Err(refused) => return Ok(refused.response()),
+    };
+
+    let order_id = order_id(request.idempotency_key().as_str());
+    request.emit("order.created", order.event(&order_id))?;
+    Ok(order.created(&order_id))
 }
