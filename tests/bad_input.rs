@@ -196,7 +196,11 @@ fn http_rows() -> Vec<HttpRow> {
     let bad_quoting = Problem(400, INVALID_KEY, "not a valid RFC 9651 string");
     let empty = Problem(400, INVALID_KEY, "is empty");
     let too_large = Problem(413, BODY_TOO_LARGE, "exceeds this route's limit");
-    let unreadable = Problem(400, ABOUT_BLANK, "the request body could not be read");
+    let unreadable = Problem(
+        400,
+        "urn:cnerium:problem:body-unreadable",
+        "the request body could not be read",
+    );
     let long_key = "k".repeat(256);
     let big_order = format!(
         r#"{{"product_id":"{}","quantity":1}}"#,
@@ -1306,10 +1310,8 @@ async fn a_response_over_the_storage_cap_reaches_the_first_caller_and_is_never_r
 
 /// RFC 6455 §7.1.7: an endpoint that must fail an established connection should first send
 /// a close frame with a status code: 1002 for a protocol error, 1007 for a text frame that is
-/// not UTF-8. The hub drops the TCP connection without one today: `read_failed` in the
-/// realtime crate's `connection.rs` maps every read error but the size limit to "peer gone".
+/// not UTF-8.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "the realtime hub drops a client that breaks the framing without a close frame"]
 async fn framing_violations_close_with_1002_or_1007() {
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(EXAMPLE, &dir.path().join("data"));

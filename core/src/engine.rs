@@ -360,6 +360,20 @@ impl DurableRoute {
         ))
     }
 
+    /// The 400 answer for a body the adapter could not read (cut short, badly chunked).
+    pub fn body_unreadable(&self, error: &dyn fmt::Display) -> Response<Bytes> {
+        trace!(operation = %self.operation, %error, "body unreadable");
+        let detail = format!(
+            "the request body could not be read ({error}); send the whole body, as its \
+             Content-Length or chunked encoding announces"
+        );
+        finish(problem_response(
+            ProblemKind::BodyUnreadable,
+            StatusCode::BAD_REQUEST,
+            &detail,
+        ))
+    }
+
     /// Runs one request through the route and returns the response to send.
     ///
     /// Never fails: every outcome, including store failures and handler panics, is a
@@ -378,10 +392,8 @@ impl DurableRoute {
             return self.body_too_large();
         }
 
-        let scope = match self.scope_fn.as_ref().and_then(|f| f(&parts)) {
-            Some(caller) => Scope::with_caller(&*self.operation, caller),
-            None => Scope::new(&*self.operation),
-        };
+        let caller = self.scope_fn.as_ref().and_then(|f| f(&parts));
+        let scope = Scope::of_route(&self.operation, caller);
         let record_key = RecordKey::new(scope, key);
         let fingerprint = Fingerprint::compute(&parts.method, &parts.uri, &parts.headers, &body);
 

@@ -183,6 +183,8 @@ pub enum ProblemKind {
     RequestInProgress,
     /// The body is larger than the route allows.
     BodyTooLarge,
+    /// The body could not be read: shorter than its declared length, or badly chunked.
+    BodyUnreadable,
     /// The store could not be reached or failed.
     StoreUnavailable,
     /// The handler returned an error or panicked.
@@ -202,6 +204,7 @@ impl ProblemKind {
             Self::KeyReused => "urn:cnerium:problem:idempotency-key-reused",
             Self::RequestInProgress => "urn:cnerium:problem:request-in-progress",
             Self::BodyTooLarge => "urn:cnerium:problem:body-too-large",
+            Self::BodyUnreadable => "urn:cnerium:problem:body-unreadable",
             Self::StoreUnavailable => "urn:cnerium:problem:store-unavailable",
             Self::HandlerFailed => "urn:cnerium:problem:handler-failed",
             Self::LeaseExpired => "urn:cnerium:problem:lease-expired",
@@ -217,6 +220,7 @@ impl ProblemKind {
             Self::KeyReused => "Idempotency-Key was already used for another request",
             Self::RequestInProgress => "A request with this Idempotency-Key is in progress",
             Self::BodyTooLarge => "Request body is too large",
+            Self::BodyUnreadable => "Request body could not be read",
             Self::StoreUnavailable => "Idempotency store is unavailable",
             Self::HandlerFailed => "The operation failed",
             Self::LeaseExpired => "The operation outlived its claim",

@@ -1,6 +1,7 @@
 //! The [`Store`] trait: where records live, and the contract every store keeps.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,17 +17,20 @@ use crate::time::Timestamp;
 ///
 /// Two scopes never share records: the same idempotency key sent to two operations, or by
 /// two callers of one operation with a scope function set, names two records.
+///
+/// The operation name is shared: every record key a route makes points at the route's one
+/// copy, so a store holding many records keeps the name once.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
-    operation: String,
-    caller: Option<String>,
+    operation: Arc<str>,
+    caller: Option<Box<str>>,
 }
 
 impl Scope {
     /// The scope of `operation` shared by every caller.
     pub fn new(operation: impl Into<String>) -> Self {
         Self {
-            operation: operation.into(),
+            operation: Arc::from(operation.into()),
             caller: None,
         }
     }
@@ -34,8 +38,16 @@ impl Scope {
     /// The scope of `operation` for one caller (a tenant, a user).
     pub fn with_caller(operation: impl Into<String>, caller: impl Into<String>) -> Self {
         Self {
-            operation: operation.into(),
-            caller: Some(caller.into()),
+            operation: Arc::from(operation.into()),
+            caller: Some(caller.into().into_boxed_str()),
+        }
+    }
+
+    /// The scope of a route's `operation` for `caller`, sharing the route's name.
+    pub(crate) fn of_route(operation: &Arc<str>, caller: Option<String>) -> Self {
+        Self {
+            operation: Arc::clone(operation),
+            caller: caller.map(String::into_boxed_str),
         }
     }
 
@@ -80,7 +92,7 @@ impl RecordKey {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             16 + self.scope.operation.len()
-                + self.scope.caller.as_ref().map_or(0, String::len)
+                + self.scope.caller.as_ref().map_or(0, |c| c.len())
                 + self.key.as_str().len(),
         );
         push_part(&mut out, self.scope.operation.as_bytes());
@@ -111,9 +123,9 @@ impl RecordKey {
             return None;
         }
         let scope = Scope {
-            operation: String::from_utf8(operation.to_vec()).ok()?,
+            operation: Arc::from(std::str::from_utf8(operation).ok()?),
             caller: match caller {
-                Some(c) => Some(String::from_utf8(c.to_vec()).ok()?),
+                Some(c) => Some(Box::from(std::str::from_utf8(c).ok()?)),
                 None => None,
             },
         };

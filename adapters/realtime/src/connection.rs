@@ -141,6 +141,11 @@ enum Exit {
     Idle,
     /// The client sent a frame over the size limit.
     TooBig,
+    /// The client broke the WebSocket framing rules (reserved opcode, unmasked frame, a
+    /// continuation of nothing).
+    ProtocolViolation,
+    /// The client sent a text frame that is not UTF-8.
+    InvalidText,
     /// The client did not read fast enough and its queue filled up.
     TooSlow,
     /// The server is shutting down.
@@ -153,6 +158,8 @@ impl Exit {
             Self::PeerGone => return None,
             Self::Idle => (CloseCode::Away, "idle timeout"),
             Self::TooBig => (CloseCode::Size, "frame too large"),
+            Self::ProtocolViolation => (CloseCode::Protocol, "protocol error"),
+            Self::InvalidText => (CloseCode::Invalid, "text frame is not UTF-8"),
             Self::TooSlow => (CloseCode::Policy, "client too slow"),
             Self::Shutdown => (CloseCode::Away, "server shutting down"),
         };
@@ -326,9 +333,20 @@ impl Session {
     fn read_failed(&self, error: &(dyn std::error::Error + 'static)) -> Exit {
         let mut source = Some(error);
         while let Some(error) = source {
-            if let Some(tungstenite::Error::Capacity(capacity)) = error.downcast_ref() {
-                debug!(connection = %self.id, %capacity, "client frame over the size limit");
-                return Exit::TooBig;
+            match error.downcast_ref() {
+                Some(tungstenite::Error::Capacity(capacity)) => {
+                    debug!(connection = %self.id, %capacity, "client frame over the size limit");
+                    return Exit::TooBig;
+                }
+                Some(tungstenite::Error::Protocol(violation)) => {
+                    debug!(connection = %self.id, %violation, "client broke the framing rules");
+                    return Exit::ProtocolViolation;
+                }
+                Some(tungstenite::Error::Utf8(_)) => {
+                    debug!(connection = %self.id, "client text frame is not UTF-8");
+                    return Exit::InvalidText;
+                }
+                _ => {}
             }
             source = error.source();
         }

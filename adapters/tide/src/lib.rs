@@ -125,11 +125,7 @@ impl Durable {
             Ok(body) => body,
             Err(BodyRead::TooLarge) => return Err(self.route.body_too_large()),
             Err(BodyRead::Failed(e)) => {
-                trace!(error = %e, "request body could not be read");
-                return Err(problem(
-                    StatusCode::BAD_REQUEST,
-                    &format!("the request body could not be read: {e}"),
-                ));
+                return Err(self.route.body_unreadable(&e));
             }
         };
         let request = Request::from_parts(parts, body);

@@ -109,12 +109,7 @@ where
             drain(body.as_mut()).await;
             return route.body_too_large();
         }
-        Err(BodyRead::Failed(e)) => {
-            return with_nosniff(problem(
-                StatusCode::BAD_REQUEST,
-                &format!("the request body could not be read: {e}"),
-            ));
-        }
+        Err(BodyRead::Failed(e)) => return route.body_unreadable(&e),
     };
     let request = Request::from_parts(parts, body);
 
