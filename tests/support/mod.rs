@@ -147,7 +147,10 @@ impl WsClient {
             .expect("connect WebSocket");
         let mut client = WsClient { stream };
         let rooms = url.split_once('?').map_or(0, |(_, query)| {
-            query.split('&').filter(|pair| pair.starts_with("room=")).count()
+            query
+                .split('&')
+                .filter(|pair| pair.starts_with("room="))
+                .count()
         });
         for _ in 0..rooms {
             let answer = client
