@@ -223,7 +223,11 @@ impl EventStage {
     pub(crate) fn close(&self) -> Vec<Event> {
         let mut inner = self.lock();
         inner.closed = true;
-        std::mem::take(&mut inner.events)
+        // Stores keep the events with the record for the whole retention; a vector grown
+        // by pushing holds room for four events when one was emitted.
+        let mut events = std::mem::take(&mut inner.events);
+        events.shrink_to_fit();
+        events
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StageInner> {

@@ -7,6 +7,7 @@
 //! others.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Mutex, MutexGuard};
 
 use cnerium_core::async_trait;
@@ -23,7 +24,9 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    records: HashMap<RecordKey, Record>,
+    /// Records are boxed: the table reserves up to twice as many slots as it holds, and a
+    /// slot of a key and a pointer is a quarter of one holding the record itself.
+    records: HashMap<RecordKey, Box<Record>>,
     /// The last fence granted by this store; fences are unique across all keys, so they
     /// also grow per key across purges.
     last_fence: u64,
@@ -56,21 +59,28 @@ impl MemoryStore {
 impl Store for MemoryStore {
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let mut inner = self.lock();
-        let takeover = match inner.records.get(&request.key) {
-            Some(existing) if !existing.is_claimable(request.now) => {
-                return Ok(ClaimOutcome::Existing(existing.clone()));
-            }
-            Some(existing) => {
-                existing.is_live(request.now)
-                    && matches!(existing.state, RecordState::InProgress { .. })
-            }
-            None => false,
-        };
+        let inner = &mut *inner;
 
-        inner.last_fence += 1;
-        let fence = Fence(inner.last_fence);
-        let record = request.in_progress_record(fence);
-        inner.records.insert(request.key, record);
+        // The record is made before the lookup, which takes the key; its fence is spent
+        // only if the claim is granted. One lookup serves both the check and the insert.
+        let fence = Fence(inner.last_fence + 1);
+        let record = Box::new(request.in_progress_record(fence));
+        let takeover = match inner.records.entry(request.key) {
+            Entry::Occupied(existing) if !existing.get().is_claimable(request.now) => {
+                return Ok(ClaimOutcome::Existing(Record::clone(existing.get())));
+            }
+            Entry::Occupied(mut existing) => {
+                let takeover = existing.get().is_live(request.now)
+                    && matches!(existing.get().state, RecordState::InProgress { .. });
+                existing.insert(record);
+                takeover
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(record);
+                false
+            }
+        };
+        inner.last_fence = fence.0;
         Ok(ClaimOutcome::Claimed { fence, takeover })
     }
 
@@ -102,7 +112,7 @@ impl Store for MemoryStore {
     async fn release(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let held = matches!(
-            inner.records.get(key),
+            inner.records.get(key).map(Box::as_ref),
             Some(Record { state: RecordState::InProgress { fence: f, .. }, .. }) if *f == fence
         );
         if held {
@@ -121,7 +131,7 @@ impl Store for MemoryStore {
                     ..
                 },
             ..
-        }) = inner.records.get_mut(key)
+        }) = inner.records.get_mut(key).map(Box::as_mut)
             && *f == fence
         {
             *events_published = true;
@@ -159,7 +169,11 @@ impl Store for MemoryStore {
 
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
         let inner = self.lock();
-        Ok(inner.records.get(key).filter(|r| r.is_live(now)).cloned())
+        Ok(inner
+            .records
+            .get(key)
+            .filter(|r| r.is_live(now))
+            .map(|r| Record::clone(r)))
     }
 
     async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
