@@ -78,7 +78,7 @@ pub use cnerium_realtime as realtime;
 /// | feature | brings |
 /// |---|---|
 /// | `postgres-store` | `stores::postgres` (`cnerium-store-postgres`), `stores::PostgresStore` |
-/// | `redis-store` | `stores::redis` (`cnerium-store-redis`), `stores::RedisStore`, the event relay |
+/// | `redis-store` | `stores::redis` (`cnerium-store-redis`), `stores::RedisStore`, event relay |
 pub mod stores {
     #[cfg(feature = "file-store")]
     pub use cnerium_store_file as file;

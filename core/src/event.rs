@@ -332,10 +332,11 @@ mod tests {
             payload: serde_json::json!({"order": {"id": "o1"}}),
             ts: Timestamp::from_millis(0),
         };
-        assert_eq!(
-            event.to_envelope(),
-            r#"{"id":"evt_1","type":"order.created","payload":{"order":{"id":"o1"}},"ts":"1970-01-01T00:00:00.000Z"}"#
+        let expected = concat!(
+            r#"{"id":"evt_1","type":"order.created","payload":{"order":{"id":"o1"}},"#,
+            r#""ts":"1970-01-01T00:00:00.000Z"}"#
         );
+        assert_eq!(event.to_envelope(), expected);
     }
 
     #[test]
