@@ -28,6 +28,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tracing::debug;
 
 use crate::backlog::Backlog;
+use crate::handshake::{self, HeadError, Prefixed};
 use crate::hub::{ConnectionId, ConnectionInfo, Hub};
 use crate::outbox::{End, Frame, Outbox};
 use crate::protocol::{self, ErrorCode, Refusal, Reply, Request as ClientRequest};
@@ -40,7 +41,7 @@ pub type Sleep = fn(Duration) -> BoxFuture<'static, ()>;
 
 /// How long the server waits for its close frame to go out and the client's answer to come
 /// back before it drops the connection.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Frames written before the writer flushes, so a busy queue still reaches the socket.
 const WRITE_BATCH: usize = 64;
@@ -55,7 +56,8 @@ pub(crate) fn websocket_config(max_frame_size: usize) -> WebSocketConfig {
 impl Hub {
     /// Serves one client connection over `io`, a byte stream of any runtime: the opening
     /// handshake on the configured path, then the session, until the client leaves or the
-    /// server closes it ([`Hub::disconnect_all`] closes it too).
+    /// server closes it ([`Hub::disconnect_all`] closes it too). A request that cannot be
+    /// upgraded gets an HTTP error (see the [crate] docs) and the connection closes.
     ///
     /// `sleep` is the runtime's timer, used for pings, the idle timeout and the handshake
     /// deadline. The standalone listeners call this for each accepted socket.
@@ -86,6 +88,8 @@ pub(crate) async fn accept<S>(
         // The error type is fixed by tungstenite's handshake callback.
         #[allow(clippy::result_large_err)]
         let callback = |request: &Request, response: Response| {
+            // `read_upgrade` refuses other paths before tungstenite runs; this stays as the
+            // last guard before a session starts.
             if request.uri().path() != config.path {
                 debug!(
                     path = request.uri().path(),
@@ -100,18 +104,43 @@ pub(crate) async fn accept<S>(
             ));
             Ok(response)
         };
-        let handshake = async_tungstenite::accept_hdr_async_with_config(
-            io,
-            callback,
-            Some(websocket_config(config.max_frame_size)),
-        );
+        let handshake = async {
+            let mut io = io;
+            // Checked first, so that a request tungstenite would drop without a word gets an
+            // HTTP error instead.
+            let head = match handshake::read_upgrade(&mut io, &config.path).await {
+                Ok(head) => head,
+                Err(HeadError::Gone) => return None,
+                Err(HeadError::Bad(bad)) => {
+                    debug!(
+                        peer = ?peer_addr,
+                        status = %bad.status(),
+                        detail = bad.detail(),
+                        "refusing a websocket handshake"
+                    );
+                    bad.answer(&mut io, sleep).await;
+                    return None;
+                }
+            };
+            // tungstenite reads the checked head again and answers it.
+            let accepted = async_tungstenite::accept_hdr_async_with_config(
+                Prefixed::new(head, io),
+                callback,
+                Some(websocket_config(config.max_frame_size)),
+            )
+            .await;
+            match accepted {
+                Ok(websocket) => Some(websocket),
+                Err(error) => {
+                    debug!(peer = ?peer_addr, %error, "websocket handshake failed");
+                    None
+                }
+            }
+        };
         let deadline = future::select(sleep(config.idle_timeout), shutdown.as_mut());
         match future::select(pin!(handshake), deadline).await {
-            Either::Left((Ok(websocket), _)) => websocket,
-            Either::Left((Err(error), _)) => {
-                debug!(peer = ?peer_addr, %error, "websocket handshake failed");
-                return;
-            }
+            Either::Left((Some(websocket), _)) => websocket,
+            Either::Left((None, _)) => return,
             Either::Right(_) => {
                 debug!(peer = ?peer_addr, "websocket handshake did not finish in time");
                 return;

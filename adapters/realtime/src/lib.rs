@@ -16,6 +16,14 @@
 //! [`idle_timeout`](RealtimeConfig::idle_timeout) (1001), and closes one that sends a
 //! frame over [`max_frame_size`](RealtimeConfig::max_frame_size) (1009).
 //!
+//! A request on the endpoint that cannot be upgraded gets an HTTP error with an
+//! `application/problem+json` body, then the connection closes: 404 for another path, 405
+//! (with `Allow: GET`) for another method, 426 (with `Upgrade: websocket`) for a request
+//! that does not ask for a WebSocket upgrade, 426 (with `Sec-WebSocket-Version: 13`) for
+//! another WebSocket version, 400 for a missing or malformed `Sec-WebSocket-Key` or a
+//! request that is not valid HTTP/1.1 (one `Host` header included), and 431 for a request
+//! head over 16 KiB.
+//!
 //! Which rooms a connection may join is the application's decision: give the hub a
 //! [`JoinRule`] that looks at the handshake's [`ConnectionInfo`] (URI and headers).
 //!
@@ -86,6 +94,7 @@
 mod backlog;
 mod config;
 mod connection;
+mod handshake;
 mod hub;
 mod listener;
 mod outbox;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ::warp::filters::path::FullPath;
-use ::warp::http::{HeaderMap, Uri};
+use ::warp::http::{HeaderMap, Method, Request, Uri};
 use ::warp::ws::{self, Ws};
 use ::warp::{Filter, Rejection, Reply};
 use async_tungstenite::tungstenite::Message;
@@ -16,8 +16,10 @@ use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use futures_util::future::{self, BoxFuture};
 use futures_util::{SinkExt, StreamExt};
+use tracing::debug;
 
 use crate::connection;
+use crate::handshake::{self, BadHandshake};
 use crate::hub::{ConnectionInfo, Hub};
 
 fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
@@ -28,9 +30,12 @@ fn sleep(duration: Duration) -> BoxFuture<'static, ()> {
 /// application's warp server.
 ///
 /// Requests on other paths are rejected with "not found" so they fall through to the
-/// application's other routes. Connections live until the client leaves, the server closes
-/// them (idle, too slow, frame too large) or [`Hub::disconnect_all`] is called; warp's
-/// graceful shutdown does not track upgraded connections, so call it when stopping.
+/// application's other routes. A request on the path that cannot be upgraded gets the same
+/// `application/problem+json` answer as from the standalone listeners (405, 426 or 400).
+///
+/// Connections live until the client leaves, the server closes them (idle, too slow, frame
+/// too large) or [`Hub::disconnect_all`] is called; warp's graceful shutdown does not track
+/// upgraded connections, so call it when stopping.
 ///
 /// ```no_run
 /// # async fn start() {
@@ -56,18 +61,51 @@ pub fn route(hub: Hub) -> impl Filter<Extract = (impl Reply,), Error = Rejection
             future::ready(uri.ok_or_else(::warp::reject::not_found))
         });
 
-    uri.and(::warp::ws())
+    // warp's own filter refuses a request that is not an upgrade with a plain-text 400;
+    // `None` lets the route answer it the way the standalone listeners do.
+    let upgrade = ::warp::ws()
+        .map(Some)
+        .or(::warp::any().map(|| None))
+        .unify();
+    uri.and(::warp::method())
         .and(::warp::header::headers_cloned())
+        .and(upgrade)
         .and(::warp::addr::remote())
         .map(
-            move |uri: Uri, ws: Ws, headers: HeaderMap, peer: Option<SocketAddr>| {
+            move |uri: Uri,
+                  method: Method,
+                  headers: HeaderMap,
+                  ws: Option<Ws>,
+                  peer: Option<SocketAddr>| {
+                // warp does not show the HTTP version to a filter; hyper upgrades HTTP/1.1
+                // connections only, the version `Request::new` assumes.
+                let mut request = Request::new(());
+                *request.method_mut() = method;
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers;
+                if let Err(bad) = handshake::check_upgrade(&request, &hub.config().path) {
+                    debug!(
+                        peer = ?peer,
+                        status = %bad.status(),
+                        detail = bad.detail(),
+                        "refusing a websocket handshake"
+                    );
+                    return bad.to_response().into_response();
+                }
+                let Some(ws) = ws else {
+                    // warp refused a request the checks let through.
+                    let bad = BadHandshake::bad_request("the handshake request was refused");
+                    return bad.to_response().into_response();
+                };
+
+                let (parts, ()) = request.into_parts();
+                let info = ConnectionInfo::new(parts.uri, parts.headers, peer);
                 let hub = hub.clone();
                 let max_frame_size = hub.config().max_frame_size;
                 ws.max_frame_size(max_frame_size)
                     .max_message_size(max_frame_size)
-                    .on_upgrade(move |socket| {
-                        serve(hub, socket, ConnectionInfo::new(uri, headers, peer))
-                    })
+                    .on_upgrade(move |socket| serve(hub, socket, info))
+                    .into_response()
             },
         )
 }

@@ -72,3 +72,53 @@ fn async_std_listener_serves_rooms_events_and_shutdown() {
         assert_eq!(hub.connection_count(), 0);
     });
 }
+
+#[test]
+fn async_std_listener_answers_a_plain_get_with_426_and_keeps_serving() {
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+
+    async_std::task::block_on(async {
+        let hub = Hub::new(RealtimeConfig::default());
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let listener = cnerium_realtime::async_std::Listener::bind(addr, hub.clone())
+            .await
+            .unwrap();
+        let addr = listener.local_addr();
+        let (stop, stopped) = futures_channel::oneshot::channel::<()>();
+        let server = async_std::task::spawn(listener.run_until(async {
+            let _ = stopped.await;
+        }));
+
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        async_std::future::timeout(DEADLINE, plain.read_to_string(&mut answer))
+            .await
+            .expect("no answer in time")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+        let answer = answer.to_ascii_lowercase();
+        assert!(answer.contains("\r\nupgrade: websocket\r\n"), "{answer}");
+        assert!(
+            answer.contains("\r\ncontent-type: application/problem+json\r\n"),
+            "{answer}"
+        );
+
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let url = format!("ws://{addr}/ws?room=orders");
+        let (mut client, _) = async_tungstenite::client_async(url, stream).await.unwrap();
+        assert_eq!(
+            text_json(next_message(&mut client).await),
+            json!({"type": "room.joined", "payload": {"room": "orders"}})
+        );
+
+        drop(client);
+        stop.send(()).unwrap();
+        async_std::future::timeout(DEADLINE, server)
+            .await
+            .expect("listener did not stop");
+    });
+}

@@ -78,6 +78,43 @@ async fn warp_route_refuses_other_paths_and_leaves_them_to_other_routes() {
 }
 
 #[tokio::test]
+async fn warp_route_answers_a_plain_get_with_426_and_keeps_serving() {
+    let hub = Hub::new(RealtimeConfig::default());
+    let addr = serve(hub.clone()).await;
+
+    // What `curl http://host/ws` sends; warp's own filter would answer a plain-text 400.
+    let curl =
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
+    let response = send_raw(addr, curl).await;
+
+    response.assert_problem(426);
+    assert_eq!(response.header("upgrade"), "websocket");
+    let mut client = connect(addr, "/ws?room=after").await;
+    assert_eq!(next_json(&mut client).await, joined("after"));
+    assert_eq!(hub.connection_count(), 1);
+}
+
+#[tokio::test]
+async fn warp_route_refuses_other_methods_versions_and_keys_as_the_listener_does() {
+    let hub = Hub::new(RealtimeConfig::default());
+    let addr = serve(hub.clone()).await;
+
+    let post = upgrade_request("POST", "/ws", &[]);
+    let response = send_raw(addr, &post).await;
+    response.assert_problem(405);
+    assert_eq!(response.header("allow"), "GET");
+
+    let version_8 = upgrade_request("GET", "/ws", &[("Sec-WebSocket-Version", "8")]);
+    let response = send_raw(addr, &version_8).await;
+    response.assert_problem(426);
+    assert_eq!(response.header("sec-websocket-version"), "13");
+
+    let bad_key = upgrade_request("GET", "/ws", &[("Sec-WebSocket-Key", "short")]);
+    send_raw(addr, &bad_key).await.assert_problem(400);
+    assert_eq!(hub.connection_count(), 0);
+}
+
+#[tokio::test]
 async fn warp_route_applies_the_join_rule_to_handshake_headers() {
     let hub = Hub::builder(RealtimeConfig::default())
         .join_rule(|connection: &ConnectionInfo, room: &str| {

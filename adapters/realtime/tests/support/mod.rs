@@ -216,3 +216,97 @@ pub fn event(kind: &str, room: Option<&str>, payload: Value) -> Event {
 pub fn envelope(event: &Event) -> Value {
     serde_json::from_str(&event.to_envelope()).unwrap()
 }
+
+/// An HTTP answer read from a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The value of the header `name` (case-insensitive), failing when it is absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .iter()
+            .find(|(found, _)| found.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_else(|| panic!("no {name} header in {self:?}"))
+    }
+
+    /// Checks that this is a problem answer with `status` that closes the connection, and
+    /// returns its body.
+    pub fn assert_problem(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{self:?}");
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        assert_eq!(self.header("content-length"), self.body.len().to_string());
+        let connection = self.header("connection").to_ascii_lowercase();
+        assert!(
+            connection.split(',').any(|token| token.trim() == "close"),
+            "{self:?}"
+        );
+        let problem: Value = serde_json::from_slice(&self.body).unwrap();
+        assert_eq!(problem["status"], status, "{problem}");
+        assert!(problem["title"].is_string(), "{problem}");
+        assert!(problem["detail"].is_string(), "{problem}");
+        problem
+    }
+}
+
+/// Sends `request` as raw bytes and reads the answer until the server closes the
+/// connection; fails when the server closes without a complete HTTP answer.
+pub async fn send_raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut received = Vec::new();
+    within(stream.read_to_end(&mut received)).await.unwrap();
+
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut fields);
+    let length = match response.parse(&received) {
+        Ok(httparse::Status::Complete(length)) => length,
+        other => panic!(
+            "no complete HTTP answer ({other:?}): {:?}",
+            String::from_utf8_lossy(&received)
+        ),
+    };
+    RawResponse {
+        status: response.code.unwrap(),
+        headers: response
+            .headers
+            .iter()
+            .map(|field| {
+                let value = String::from_utf8(field.value.to_vec()).unwrap();
+                (field.name.to_owned(), value)
+            })
+            .collect(),
+        body: received[length..].to_vec(),
+    }
+}
+
+/// A WebSocket upgrade request for `target` with the `name: value` lines of `replace`
+/// instead of the defaults of the same name (an empty value drops the header).
+pub fn upgrade_request(method: &str, target: &str, replace: &[(&str, &str)]) -> Vec<u8> {
+    let defaults = [
+        ("Host", "localhost"),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    for (name, default) in defaults {
+        let value = replace
+            .iter()
+            .find(|(replaced, _)| replaced.eq_ignore_ascii_case(name))
+            .map_or(default, |(_, value)| *value);
+        if !value.is_empty() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
