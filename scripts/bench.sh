@@ -79,7 +79,7 @@ def median_ns(*parts):
 def show(ns):
     return "n/a" if ns is None else f"{ns / 1000:.2f} us"
 
-for size in ("1KiB", "64KiB"):
+for size in ("orders", "1KiB", "64KiB"):
     fingerprint = median_ns("fingerprint", "json", size)
     for kind in ("first", "replay"):
         engine = median_ns("engine", kind, size)
@@ -89,7 +89,8 @@ for size in ("1KiB", "64KiB"):
               f"fingerprint {show(fingerprint)} = {share} of it")
     raw = median_ns("fingerprint", "raw", size)
     print(f"fingerprint/raw/{size} (same bytes, not JSON): {show(raw)}")
-for name in ("claim", "complete/1KiB", "complete/64KiB",
+for name in ("claim", "complete/orders", "complete/1KiB", "complete/64KiB",
+             "claim_existing/orders",
              "claim_existing/1KiB", "claim_existing/64KiB"):
     print(f"store/{name}: {show(median_ns('store', *name.split('/')))}")
 EOF
