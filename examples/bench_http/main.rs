@@ -26,6 +26,12 @@
 //! For each route it prints throughput, p50 and p99 latency, and the CPU time the server's
 //! threads spent per request (a figure less disturbed by other work on the machine than
 //! throughput is). Every figure comes from this run.
+//!
+//! With `--direct`, a third route joins the rounds: `POST /direct/orders` runs the same
+//! durable route (same engine and store) from a plain warp filter that hands the request
+//! to `DurableRoute::handle` itself, without the `cnerium-warp` adapter (which reads the
+//! body as a stream and runs the engine in a task of its own). The gap between it and the
+//! durable route is the adapter's cost; between it and the plain route, the engine's.
 
 #[path = "../shared/orders.rs"]
 mod orders;
@@ -87,6 +93,10 @@ struct Args {
     /// Worker threads of the load generator's runtime.
     #[arg(long, default_value_t = 2)]
     load_threads: usize,
+
+    /// Also measure the durable route called without the cnerium-warp adapter.
+    #[arg(long)]
+    direct: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,6 +110,7 @@ enum Scenario {
 enum Route {
     Durable,
     Plain,
+    Direct,
 }
 
 impl Route {
@@ -107,6 +118,7 @@ impl Route {
         match self {
             Self::Durable => "/orders",
             Self::Plain => "/plain/orders",
+            Self::Direct => "/direct/orders",
         }
     }
 
@@ -114,6 +126,16 @@ impl Route {
         match self {
             Self::Durable => "durable",
             Self::Plain => "plain",
+            Self::Direct => "direct",
+        }
+    }
+
+    /// The routes of each round, in order.
+    fn measured(direct: bool) -> &'static [Route] {
+        if direct {
+            &[Self::Durable, Self::Plain, Self::Direct]
+        } else {
+            &[Self::Durable, Self::Plain]
         }
     }
 }
@@ -211,7 +233,23 @@ impl Server {
                     Arc::new(SystemClock),
                     EngineConfig::default(),
                 );
-                let durable = durable_post("orders", engine.route(CREATE_ORDER, create_order));
+                let route = engine.route(CREATE_ORDER, create_order);
+                let durable = durable_post("orders", route.clone());
+                let direct = warp::post()
+                    .and(warp::path!("direct" / "orders"))
+                    .and(warp::header::headers_cloned())
+                    .and(warp::body::content_length_limit(1024 * 1024))
+                    .and(warp::body::bytes())
+                    .then(move |headers, body: Bytes| {
+                        let route = route.clone();
+                        async move {
+                            let mut request = http::Request::new(body);
+                            *request.method_mut() = http::Method::POST;
+                            *request.uri_mut() = http::Uri::from_static("/orders");
+                            *request.headers_mut() = headers;
+                            route.handle(request).await
+                        }
+                    });
                 let plain = warp::post()
                     .and(warp::path!("plain" / "orders"))
                     .and(warp::header::optional::<String>("idempotency-key"))
@@ -223,6 +261,8 @@ impl Server {
                 let routes = durable
                     .map(Reply::into_response)
                     .or(plain.map(Reply::into_response))
+                    .unify()
+                    .or(direct.map(Reply::into_response))
                     .unify()
                     .recover(|rejection| async move {
                         problem_rejections(rejection)
@@ -320,7 +360,7 @@ impl Plan {
 
     /// Whether a durable answer must be marked replayed.
     fn expects_replay(&self) -> bool {
-        self.route == Route::Durable && self.kind == Kind::Replay
+        self.route != Route::Plain && self.kind == Kind::Replay
     }
 }
 
@@ -375,6 +415,7 @@ struct Summary {
     kind: Kind,
     durable: Totals,
     plain: Totals,
+    direct: Option<Totals>,
     pair_ratios: Vec<f64>,
     errors: u64,
 }
@@ -389,7 +430,11 @@ impl Summary {
             "TARGET MISSED"
         };
         println!("  {}:", self.kind.title());
-        for (route, totals) in [("durable", &self.durable), ("plain", &self.plain)] {
+        let mut routes = vec![("durable", &self.durable), ("plain", &self.plain)];
+        if let Some(direct) = &self.direct {
+            routes.push(("direct", direct));
+        }
+        for (route, totals) in routes {
             let mut latencies = totals.latencies_us.clone();
             latencies.sort_unstable();
             println!(
@@ -409,6 +454,14 @@ impl Summary {
             median(&self.pair_ratios),
             self.durable.cpu_us_per_request() / self.plain.cpu_us_per_request(),
         );
+        if let Some(direct) = &self.direct {
+            println!(
+                "    server CPU per request over plain: engine {:+.1} us (direct), \
+                 cnerium-warp adapter {:+.1} us (durable over direct)",
+                direct.cpu_us_per_request() - self.plain.cpu_us_per_request(),
+                self.durable.cpu_us_per_request() - direct.cpu_us_per_request(),
+            );
+        }
     }
 }
 
@@ -430,7 +483,7 @@ async fn run_scenario(args: &Args, addr: SocketAddr, kind: Kind) -> Summary {
 
     let warmup = Duration::from_secs_f64(args.warmup);
     if !warmup.is_zero() {
-        for route in [Route::Durable, Route::Plain] {
+        for &route in Route::measured(args.direct) {
             let round = run_round(addr, args.connections, warmup, plan(route, 0)).await;
             println!(
                 "  warm-up  {:<8} {:>8.0} req/s",
@@ -443,10 +496,11 @@ async fn run_scenario(args: &Args, addr: SocketAddr, kind: Kind) -> Summary {
     let length = Duration::from_secs_f64(args.seconds);
     let mut durable = Totals::default();
     let mut plain = Totals::default();
+    let mut direct = args.direct.then(Totals::default);
     let mut pair_ratios = Vec::new();
     for round in 1..=args.rounds {
-        let mut pair = [0.0; 2];
-        for (i, route) in [Route::Durable, Route::Plain].into_iter().enumerate() {
+        let mut pair = [0.0; 3];
+        for (i, &route) in Route::measured(args.direct).iter().enumerate() {
             let result = run_round(addr, args.connections, length, plan(route, round)).await;
             let mut latencies = result.latencies_us.clone();
             latencies.sort_unstable();
@@ -467,19 +521,22 @@ async fn run_scenario(args: &Args, addr: SocketAddr, kind: Kind) -> Summary {
                 },
             );
             pair[i] = result.throughput();
-            match route {
-                Route::Durable => durable.add(result),
-                Route::Plain => plain.add(result),
+            match (route, direct.as_mut()) {
+                (Route::Durable, _) => durable.add(result),
+                (Route::Plain, _) => plain.add(result),
+                (Route::Direct, Some(direct)) => direct.add(result),
+                (Route::Direct, None) => {}
             }
         }
         pair_ratios.push(pair[0] / pair[1]);
     }
 
-    let errors = durable.errors + plain.errors;
+    let errors = durable.errors + plain.errors + direct.as_ref().map_or(0, |d| d.errors);
     Summary {
         kind,
         durable,
         plain,
+        direct,
         pair_ratios,
         errors,
     }
