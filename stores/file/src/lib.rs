@@ -23,6 +23,7 @@ mod index;
 mod lock;
 mod options;
 mod reader;
+mod recent;
 mod recovery;
 mod segment;
 mod shared;

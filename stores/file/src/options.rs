@@ -33,6 +33,7 @@ pub struct FileStoreOptions {
     compaction_live_ratio: f64,
     reader_threads: usize,
     max_batch_bytes: usize,
+    recent_bytes: usize,
 }
 
 impl Default for FileStoreOptions {
@@ -43,6 +44,7 @@ impl Default for FileStoreOptions {
             compaction_live_ratio: 0.5,
             reader_threads: 2,
             max_batch_bytes: 16 * 1024 * 1024,
+            recent_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -68,6 +70,19 @@ impl FileStoreOptions {
     pub fn compaction_live_ratio(mut self, ratio: f64) -> Self {
         self.compaction_live_ratio = ratio;
         self
+    }
+
+    /// Bytes of recently committed or read records kept in memory, so that retries soon
+    /// after a request replay without reading a segment file (default 16 MiB; 0 turns it
+    /// off). Older records are read from disk as before.
+    pub fn recent_records_bytes(mut self, bytes: usize) -> Self {
+        self.recent_bytes = bytes;
+        self
+    }
+
+    /// The budget of [`recent_records_bytes`](Self::recent_records_bytes).
+    pub fn recent_records_bytes_budget(&self) -> usize {
+        self.recent_bytes
     }
 
     /// Threads that read stored responses from segment files (default 2).

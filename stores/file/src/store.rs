@@ -4,13 +4,13 @@ use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use cnerium_core::{
     ClaimOutcome, ClaimRequest, CompleteError, Completion, Event, Fence, PendingEvents, Record,
-    RecordKey, Store, StoreError, Timestamp,
+    RecordKey, RecordState, Store, StoreError, Timestamp,
 };
 use futures_channel::oneshot;
 use tracing::{debug, trace};
@@ -22,6 +22,7 @@ use crate::index::{Claim, Committed, Slot};
 use crate::lock::DirLock;
 use crate::options::FileStoreOptions;
 use crate::reader::{self, Read, ReadJob};
+use crate::recent::RecentRecords;
 use crate::recovery;
 use crate::shared::{Counters, FENCE_BLOCK, Shared};
 use crate::writer::{WriteOp, Writer};
@@ -87,6 +88,7 @@ pub struct FileStore {
     readers: Sender<ReadJob>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     lock: Mutex<Option<DirLock>>,
+    recent: Mutex<RecentRecords>,
 }
 
 /// Counters of a [`FileStore`], for tests, benchmarks and metrics.
@@ -138,6 +140,7 @@ impl FileStore {
         fs::create_dir_all(dir).map_err(|e| OpenError::io("create", dir, e))?;
         let lock = DirLock::acquire(dir)?;
         let recovered = recovery::recover(dir, &options)?;
+        let recent_bytes = options.recent_records_bytes_budget();
 
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
@@ -193,6 +196,7 @@ impl FileStore {
             readers,
             threads: Mutex::new(threads),
             lock: Mutex::new(Some(lock)),
+            recent: Mutex::new(RecentRecords::new(recent_bytes)),
         })
     }
 
@@ -323,9 +327,30 @@ impl FileStore {
         key: &[u8],
         c: Committed,
     ) -> Result<Record, StoreError> {
-        let frames = self.read(vec![read]).await?;
-        let frame = frames.first().map(Vec::as_slice).unwrap_or_default();
-        Ok(self.decode_stored(frame, key, &c)?.into_record())
+        let held = self.recent().get(key, c.fence);
+        let record = match held {
+            Some(record) => record,
+            None => {
+                let frames = self.read(vec![read]).await?;
+                let frame = frames.first().map(Vec::as_slice).unwrap_or_default();
+                let record = Arc::new(self.decode_stored(frame, key, &c)?.into_record());
+                self.recent().insert(key, c.fence, record.clone());
+                record
+            }
+        };
+        let mut record = Record::clone(&record);
+        if let RecordState::Completed {
+            events_published, ..
+        } = &mut record.state
+        {
+            *events_published = c.published;
+        }
+        Ok(record)
+    }
+
+    fn recent(&self) -> MutexGuard<'_, RecentRecords> {
+        // The cache is only read and filled under the lock, never left half-changed.
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn frame_read(&self, committed: &Committed) -> Result<Read, StoreError> {
@@ -528,7 +553,14 @@ impl Store for FileStore {
             return Err(closed().into());
         }
         match committed.await {
-            Ok(result) => Ok(result?),
+            Ok(result) => {
+                result?;
+                if let Entry::Record(record) = entry {
+                    let record = Arc::new(record.into_record());
+                    self.recent().insert(&encoded, fence.0, record);
+                }
+                Ok(())
+            }
             Err(_) => {
                 // The writer stopped without answering; nothing was acknowledged.
                 self.shared.index().abort_commit(&encoded, fence.0);
