@@ -9,9 +9,10 @@
 #   memory  bytes per record of the in-memory store for a 200-byte response
 #   fanout  time from publish until each of 10,000 WebSocket clients has the event
 #
-# Extra arguments for one benchmark go in BENCH_HTTP_ARGS, BENCH_MEMORY_ARGS,
-# BENCH_FANOUT_ARGS and BENCH_CORE_ARGS. Each one's output is also kept in
-# target/bench/<name>.txt. Nothing here runs in CI.
+# Extra arguments for one benchmark go in BENCH_HTTP_ARGS (default --direct, which adds
+# the durable route without the warp adapter), BENCH_MEMORY_ARGS, BENCH_FANOUT_ARGS and
+# BENCH_CORE_ARGS. Each one's output is also kept in target/bench/<name>.txt. Nothing
+# here runs in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,7 +98,7 @@ EOF
             ;;
         http)
             # shellcheck disable=SC2086
-            run_example bench_http ${BENCH_HTTP_ARGS:-}
+            run_example bench_http ${BENCH_HTTP_ARGS---direct}
             ;;
         memory)
             # shellcheck disable=SC2086
