@@ -29,13 +29,15 @@
 //! receives the stored result.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use cnerium_core::DurableRoute;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use tracing::error;
+use tracing::{error, trace};
 use warp::filters::BoxedFilter;
 use warp::{Filter, Rejection};
 
@@ -113,15 +115,52 @@ where
     };
     let request = Request::from_parts(parts, body);
 
-    // A task of its own, so that a client hanging up does not cancel a running handler.
-    match tokio::spawn(async move { route.handle(request).await }).await {
-        Ok(response) => response,
-        Err(e) => {
-            error!(error = %e, "durable request task failed");
-            with_nosniff(problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the operation failed",
-            ))
+    // A client hanging up drops this future; the engine's part then goes on in a task of
+    // its own, so a running handler is never cancelled half-way.
+    DetachOnDrop::new(async move { route.handle(request).await }).await
+}
+
+/// Runs a future in place and, if dropped before it finished, moves the rest of it into a
+/// task. Cheaper than spawning every request: only abandoned requests pay for a task.
+struct DetachOnDrop<F: Future<Output = Response<Bytes>> + Send + 'static> {
+    future: Option<Pin<Box<F>>>,
+}
+
+impl<F: Future<Output = Response<Bytes>> + Send + 'static> DetachOnDrop<F> {
+    fn new(future: F) -> Self {
+        Self {
+            future: Some(Box::pin(future)),
+        }
+    }
+}
+
+impl<F: Future<Output = Response<Bytes>> + Send + 'static> Future for DetachOnDrop<F> {
+    type Output = Response<Bytes>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Bytes>> {
+        let Some(future) = self.future.as_mut() else {
+            // Polled again after completion; warp never does this.
+            return Poll::Pending;
+        };
+        let response = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(response)
+    }
+}
+
+impl<F: Future<Output = Response<Bytes>> + Send + 'static> Drop for DetachOnDrop<F> {
+    fn drop(&mut self) {
+        let Some(future) = self.future.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                trace!("client left mid-request; finishing it in a task");
+                runtime.spawn(future);
+            }
+            Err(_) => {
+                error!("client left mid-request outside a runtime; the claim waits out its lease")
+            }
         }
     }
 }

@@ -148,3 +148,54 @@ async fn query_is_part_of_the_fingerprint() {
     );
     assert_eq!(send("?a=2").await.unwrap().status(), 409);
 }
+
+#[tokio::test]
+async fn a_client_hanging_up_mid_handler_does_not_cancel_it() {
+    let clock = Arc::new(|| Timestamp::from_system_time(std::time::SystemTime::now()));
+    let engine = Engine::new(Arc::new(MemoryStore::new()), clock);
+    let finished = Arc::new(AtomicUsize::new(0));
+    let counter = finished.clone();
+    let route = engine.route("slow.create", move |_request: DurableRequest| {
+        let counter = counter.clone();
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            counter.fetch_add(1, Ordering::SeqCst);
+            DurableResponse::created(serde_json::json!({"slow": true}))
+        }
+    });
+    let routes = warp::path("slow")
+        .and(cnerium_warp::durable(route))
+        .recover(cnerium_warp::problem_rejections);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(routes).incoming(listener).run());
+
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let gave_up = impatient
+        .post(format!("http://{addr}/slow"))
+        .header("idempotency-key", "slow-1")
+        .body("{}")
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client timed out and hung up");
+
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "the handler finished anyway"
+    );
+    let retry = reqwest::Client::new()
+        .post(format!("http://{addr}/slow"))
+        .header("idempotency-key", "slow-1")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+}
