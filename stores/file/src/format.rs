@@ -284,19 +284,59 @@ fn checksum(len: u32, payload: &[u8]) -> u32 {
 /// Encodes `entry` as a complete frame, or fails when its payload would exceed
 /// [`MAX_PAYLOAD_LEN`] or a field its `u32` length prefix.
 pub fn encode_frame(entry: &Entry) -> Result<Vec<u8>, FormatError> {
-    let payload = encode_payload(entry)?;
-    Ok(frame(&payload))
+    let mut out = Vec::new();
+    encode_frame_into(entry, &mut out)?;
+    Ok(out)
+}
+
+/// Appends `entry` as a complete frame to `out`, the same bytes [`encode_frame`] returns.
+/// On failure `out` is left as it was.
+pub fn encode_frame_into(entry: &Entry, out: &mut Vec<u8>) -> Result<(), FormatError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    let encoded = encode_payload_into(entry, out).and_then(|()| {
+        let len = out.len() - start - FRAME_HEADER_LEN;
+        if len > MAX_PAYLOAD_LEN {
+            return Err(FormatError::TooLarge { len: len as u64 });
+        }
+        // Checked against MAX_PAYLOAD_LEN, which is below u32::MAX.
+        u32::try_from(len).map_err(|_| FormatError::TooLarge { len: len as u64 })
+    });
+    let len = match encoded {
+        Ok(len) => len,
+        Err(e) => {
+            out.truncate(start);
+            return Err(e);
+        }
+    };
+    let crc = checksum(len, &out[start + FRAME_HEADER_LEN..]);
+    let header = &mut out[start..start + FRAME_HEADER_LEN];
+    header[..4].copy_from_slice(&FRAME_MAGIC);
+    header[4..8].copy_from_slice(&len.to_le_bytes());
+    header[8..12].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 /// Encodes `entry` as a frame payload.
 pub fn encode_payload(entry: &Entry) -> Result<Vec<u8>, FormatError> {
     let mut out = Vec::new();
+    encode_payload_into(entry, &mut out)?;
+    if out.len() > MAX_PAYLOAD_LEN {
+        return Err(FormatError::TooLarge {
+            len: out.len() as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Appends `entry`'s payload to `out`, without checking its length.
+fn encode_payload_into(entry: &Entry, out: &mut Vec<u8>) -> Result<(), FormatError> {
     match entry {
-        Entry::Record(record) => encode_record(&mut out, record)?,
+        Entry::Record(record) => encode_record(out, record)?,
         Entry::Published { key, fence } => {
             out.push(KIND_PUBLISHED);
             out.extend_from_slice(&fence.0.to_le_bytes());
-            push_bytes(&mut out, &key.encode())?;
+            push_bytes(out, &key.encode())?;
         }
         Entry::Purged { upto } => {
             out.push(KIND_PURGED);
@@ -310,7 +350,7 @@ pub fn encode_payload(entry: &Entry) -> Result<Vec<u8>, FormatError> {
             out.extend_from_slice(&claim.expires_at.as_millis().to_le_bytes());
             out.push(claim.fingerprint.version());
             out.extend_from_slice(claim.fingerprint.digest());
-            push_bytes(&mut out, &claim.key.encode())?;
+            push_bytes(out, &claim.key.encode())?;
         }
         Entry::Released {
             key,
@@ -320,15 +360,10 @@ pub fn encode_payload(entry: &Entry) -> Result<Vec<u8>, FormatError> {
             out.push(KIND_RELEASED);
             out.extend_from_slice(&fence.0.to_le_bytes());
             out.extend_from_slice(&expires_at.as_millis().to_le_bytes());
-            push_bytes(&mut out, &key.encode())?;
+            push_bytes(out, &key.encode())?;
         }
     }
-    if out.len() > MAX_PAYLOAD_LEN {
-        return Err(FormatError::TooLarge {
-            len: out.len() as u64,
-        });
-    }
-    Ok(out)
+    Ok(())
 }
 
 fn encode_record(out: &mut Vec<u8>, record: &RecordEntry) -> Result<(), FormatError> {

@@ -22,6 +22,7 @@ pub mod format;
 mod index;
 mod lock;
 mod options;
+mod queue;
 mod reader;
 mod recent;
 mod recovery;

@@ -32,7 +32,6 @@ pub struct FileStoreOptions {
     sync: SyncMode,
     compaction_live_ratio: f64,
     reader_threads: usize,
-    max_batch_bytes: usize,
     recent_bytes: usize,
 }
 
@@ -43,7 +42,6 @@ impl Default for FileStoreOptions {
             sync: SyncMode::Always,
             compaction_live_ratio: 0.5,
             reader_threads: 2,
-            max_batch_bytes: 16 * 1024 * 1024,
             recent_bytes: 16 * 1024 * 1024,
         }
     }
@@ -91,12 +89,6 @@ impl FileStoreOptions {
         self
     }
 
-    /// The most bytes the writer gathers into one write and one sync (default 16 MiB).
-    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
-        self.max_batch_bytes = bytes;
-        self
-    }
-
     /// The configured segment size in bytes.
     pub fn segment_size_bytes(&self) -> u64 {
         self.segment_size
@@ -115,10 +107,6 @@ impl FileStoreOptions {
         self.reader_threads
     }
 
-    pub(crate) fn batch_bytes(&self) -> usize {
-        self.max_batch_bytes
-    }
-
     /// Why these options cannot work, if they cannot.
     pub(crate) fn problem(&self) -> Option<&'static str> {
         if self.segment_size < 4096 {
@@ -129,9 +117,6 @@ impl FileStoreOptions {
         }
         if self.reader_threads == 0 {
             return Some("at least one reader thread is needed");
-        }
-        if self.max_batch_bytes == 0 {
-            return Some("the batch size must be greater than zero");
         }
         None
     }

@@ -38,12 +38,11 @@ impl RecentRecords {
     }
 
     /// Holds a completed record, evicting the oldest entries beyond the budget.
-    pub(crate) fn insert(&mut self, key: &[u8], fence: u64, record: Arc<Record>) {
-        let size = estimate(key, &record);
+    pub(crate) fn insert(&mut self, key: Arc<[u8]>, fence: u64, record: Arc<Record>) {
+        let size = estimate(&key, &record);
         if size > self.budget {
             return;
         }
-        let key: Arc<[u8]> = Arc::from(key);
         if let Some((_, _, old)) = self.records.insert(key.clone(), (fence, record, size)) {
             self.held -= old;
         }
@@ -120,10 +119,10 @@ mod tests {
     #[test]
     fn serves_only_the_fence_it_holds() {
         let mut recent = RecentRecords::new(1 << 20);
-        recent.insert(b"k", 1, record(1, 10));
+        recent.insert(Arc::from(&b"k"[..]), 1, record(1, 10));
         assert!(recent.get(b"k", 1).is_some());
         assert!(recent.get(b"k", 2).is_none());
-        recent.insert(b"k", 2, record(2, 10));
+        recent.insert(Arc::from(&b"k"[..]), 2, record(2, 10));
         assert!(recent.get(b"k", 1).is_none());
         assert!(recent.get(b"k", 2).is_some());
     }
@@ -132,7 +131,7 @@ mod tests {
     fn evicts_the_oldest_beyond_the_budget() {
         let mut recent = RecentRecords::new(3 * 1400);
         for i in 0..10u64 {
-            recent.insert(format!("k{i}").as_bytes(), i, record(i, 1000));
+            recent.insert(Arc::from(format!("k{i}").as_bytes()), i, record(i, 1000));
         }
         assert!(recent.held <= 3 * 1400);
         assert!(recent.get(b"k9", 9).is_some());
@@ -143,7 +142,7 @@ mod tests {
     #[test]
     fn a_record_larger_than_the_budget_is_not_held() {
         let mut recent = RecentRecords::new(100);
-        recent.insert(b"k", 1, record(1, 1000));
+        recent.insert(Arc::from(&b"k"[..]), 1, record(1, 1000));
         assert!(recent.get(b"k", 1).is_none());
         assert_eq!(recent.held, 0);
     }

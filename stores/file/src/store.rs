@@ -21,11 +21,12 @@ use crate::format::{self, ClaimEntry, Entry, RecordEntry};
 use crate::index::{Claim, Committed, Slot};
 use crate::lock::DirLock;
 use crate::options::FileStoreOptions;
+use crate::queue::{CommitMeta, Control, QueueError, WriteQueue};
 use crate::reader::{self, Read, ReadJob};
 use crate::recent::RecentRecords;
 use crate::recovery;
 use crate::shared::{Counters, FENCE_BLOCK, Shared};
-use crate::writer::{WriteOp, Writer};
+use crate::writer::Writer;
 
 /// The directory services use when the configuration names none.
 pub const DEFAULT_DIR: &str = "data/cnerium";
@@ -83,7 +84,7 @@ const PURGE_BATCH: usize = 1024;
 #[derive(Debug)]
 pub struct FileStore {
     shared: Arc<Shared>,
-    writer: Sender<WriteOp>,
+    writer: Arc<WriteQueue>,
     compactor: Sender<CompactOp>,
     readers: Sender<ReadJob>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -170,10 +171,10 @@ impl FileStore {
                 .spawn(move || compactor.run())
                 .map_err(spawn_error)?,
         );
-        let (writer_tx, writer_rx) = mpsc::channel();
+        let queue = Arc::new(WriteQueue::default());
         let writer = Writer::new(
             shared.clone(),
-            writer_rx,
+            queue.clone(),
             compactor_tx.clone(),
             recovered.active,
             recovered.active_id,
@@ -191,7 +192,7 @@ impl FileStore {
         debug!(dir = %dir.display(), "opened file store");
         Ok(Self {
             shared,
-            writer: writer_tx,
+            writer: queue,
             compactor: compactor_tx,
             readers,
             threads: Mutex::new(threads),
@@ -225,7 +226,7 @@ impl FileStore {
         self.ensure_open()?;
         let (done, seal) = oneshot::channel();
         self.writer
-            .send(WriteOp::Seal { done })
+            .control(Control::Seal { done })
             .map_err(|_| closed())?;
         seal.await.map_err(|_| closed())??;
         let (done, compacted) = oneshot::channel();
@@ -250,7 +251,7 @@ impl FileStore {
             let _ = stopped.await;
         }
         let (done, flushed) = oneshot::channel();
-        let result = match self.writer.send(WriteOp::Shutdown { done: Some(done) }) {
+        let result = match self.writer.control(Control::Shutdown { done: Some(done) }) {
             Ok(()) => flushed.await.unwrap_or_else(|_| Ok(())),
             Err(_) => Ok(()),
         };
@@ -262,7 +263,7 @@ impl FileStore {
     /// Stops every thread (they have been told to, or are told here) and drops the lock.
     fn stop_threads(&self) {
         let _ = self.compactor.send(CompactOp::Shutdown { done: None });
-        let _ = self.writer.send(WriteOp::Shutdown { done: None });
+        let _ = self.writer.control(Control::Shutdown { done: None });
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for _ in 0..threads.len() {
             let _ = self.readers.send(ReadJob::Stop);
@@ -334,7 +335,8 @@ impl FileStore {
                 let frames = self.read(vec![read]).await?;
                 let frame = frames.first().map(Vec::as_slice).unwrap_or_default();
                 let record = Arc::new(self.decode_stored(frame, key, &c)?.into_record());
-                self.recent().insert(key, c.fence, record.clone());
+                let shared_key = self.shared.index().shared_key(key);
+                self.recent().insert(shared_key, c.fence, record.clone());
                 record
             }
         };
@@ -379,10 +381,9 @@ impl FileStore {
             lease_until: request.lease_until,
             expires_at: request.expires_at,
         }));
-        // A claim frame holds a key and fixed fields, far below the frame limit.
-        if let Ok(frame) = format::encode_frame(&entry) {
-            let _ = self.writer.send(WriteOp::Append { frame });
-        }
+        // A claim frame holds a key and fixed fields, far below the frame limit, and a
+        // stopped writer means the store is closing.
+        let _ = self.writer.append(&entry);
     }
 
     fn decide(&self, request: &ClaimRequest, key: &[u8]) -> Result<Decision, StoreError> {
@@ -427,7 +428,7 @@ impl FileStore {
             && !self.shared.reserve_requested.swap(true, Ordering::SeqCst)
         {
             // Reserve ahead so that claims rarely wait; a failure shows on a later claim.
-            let _ = self.writer.send(WriteOp::Reserve { done: None });
+            let _ = self.writer.control(Control::Reserve { done: None });
         }
         let shared_key = index.shared_key(key);
         index.insert(
@@ -487,7 +488,7 @@ impl Store for FileStore {
                 Decision::NeedFences => {
                     let (done, reserved) = oneshot::channel();
                     self.writer
-                        .send(WriteOp::Reserve { done: Some(done) })
+                        .control(Control::Reserve { done: Some(done) })
                         .map_err(|_| closed())?;
                     reserved.await.map_err(|_| closed())??;
                 }
@@ -503,9 +504,9 @@ impl Store for FileStore {
     ) -> Result<(), CompleteError> {
         self.ensure_open()?;
         let encoded = key.encode();
-        let claim = {
+        let (claim, shared_key) = {
             let mut index = self.shared.index();
-            match index.claim_mut(&encoded) {
+            let claim = match index.claim_mut(&encoded) {
                 Some(claim) if claim.fence == fence.0 && !claim.committing => {
                     claim.committing = true;
                     (claim.fingerprint, claim.created_at)
@@ -514,9 +515,9 @@ impl Store for FileStore {
                     trace!(key = %key, fence = fence.0, "completion fenced off");
                     return Err(CompleteError::Fenced);
                 }
-            }
+            };
+            (claim, index.shared_key(&encoded))
         };
-        let shared_key = self.shared.index().shared_key(&encoded);
 
         let has_events = !completion.events.is_empty();
         let entry = Entry::Record(Box::new(RecordEntry {
@@ -530,34 +531,31 @@ impl Store for FileStore {
             events: completion.events,
             events_published: false,
         }));
-        let frame = match format::encode_frame(&entry) {
-            Ok(frame) => frame,
-            Err(e) => {
-                self.shared.index().abort_commit(&encoded, fence.0);
-                return Err(StoreError::with_source("cannot encode the completion", e).into());
-            }
-        };
-
-        let (done, committed) = oneshot::channel();
-        let op = WriteOp::Commit {
-            key: shared_key,
+        let meta = CommitMeta {
+            key: shared_key.clone(),
             fence: fence.0,
-            frame,
             expires_at: completion.expires_at.as_millis(),
             completed_at: completion.completed_at.as_millis(),
             has_events,
-            done,
         };
-        if self.writer.send(op).is_err() {
-            self.shared.index().abort_commit(&encoded, fence.0);
-            return Err(closed().into());
-        }
+        let committed = match self.writer.commit(&entry, meta) {
+            Ok(committed) => committed,
+            Err(e) => {
+                self.shared.index().abort_commit(&encoded, fence.0);
+                return Err(match e {
+                    QueueError::Format(e) => {
+                        StoreError::with_source("cannot encode the completion", e).into()
+                    }
+                    QueueError::Stopped => closed().into(),
+                });
+            }
+        };
         match committed.await {
             Ok(result) => {
                 result?;
                 if let Entry::Record(record) = entry {
                     let record = Arc::new(record.into_record());
-                    self.recent().insert(&encoded, fence.0, record);
+                    self.recent().insert(shared_key, fence.0, record);
                 }
                 Ok(())
             }
@@ -592,9 +590,7 @@ impl Store for FileStore {
             expires_at: Timestamp::from_millis(expires_at),
         };
         // Without the marker, a reopen would bring the claim back until its lease ends.
-        if let Ok(frame) = format::encode_frame(&marker) {
-            let _ = self.writer.send(WriteOp::Append { frame });
-        }
+        let _ = self.writer.append(&marker);
         Ok(())
     }
 
@@ -608,11 +604,14 @@ impl Store for FileStore {
             key: key.clone(),
             fence,
         };
-        let frame = format::encode_frame(&marker)
-            .map_err(|e| StoreError::with_source("cannot encode a published marker", e))?;
         // A marker lost to a stopping writer only means the events may be listed again
         // after a restart, which their stable ids allow.
-        let _ = self.writer.send(WriteOp::Append { frame });
+        if let Err(QueueError::Format(e)) = self.writer.append(&marker) {
+            return Err(StoreError::with_source(
+                "cannot encode a published marker",
+                e,
+            ));
+        }
         Ok(())
     }
 
@@ -705,7 +704,7 @@ impl Store for FileStore {
         if now.as_millis() > previous {
             // Without the watermark, a restart would bring back purged records whose
             // frames compaction has not dropped yet. Losing it to a crash only means that.
-            let _ = self.writer.send(WriteOp::Purged);
+            let _ = self.writer.control(Control::Purged);
         }
         if removed > 0 {
             debug!(removed, now = %now, "purged expired records");

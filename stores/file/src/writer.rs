@@ -1,77 +1,30 @@
 //! The writer thread: appends frames to the active segment with group commit.
 //!
-//! Every write goes through one thread. It takes the first queued operation, drains
-//! whatever else is queued (up to the batch size), writes all frames with one positioned
-//! write, syncs once, then makes the completions visible in the index and acknowledges
-//! them together. Concurrent completions therefore share one `fdatasync`.
+//! Every write goes through one thread. It takes everything queued since its last batch
+//! (see [`WriteQueue`]), writes all frames with one positioned write, syncs once, then
+//! makes the completions visible in the index and acknowledges them together. Concurrent
+//! completions therefore share one `fdatasync`.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 
 use cnerium_core::StoreError;
-use futures_channel::oneshot;
 use tracing::{debug, trace, warn};
 
 use crate::compactor::CompactOp;
 use crate::format::SEGMENT_HEADER_LEN;
-use crate::index::{Committed, Key, Location};
+use crate::index::{Committed, Location};
+use crate::queue::{Ack, Batch, Control, PendingCommit, WriteQueue};
 use crate::segment;
 use crate::shared::{FENCE_BLOCK, Shared};
 
-/// A reply the writer sends once an operation is durable, or failed.
-pub(crate) type Ack = oneshot::Sender<Result<(), StoreError>>;
-
-/// What the writer is asked to do.
-pub(crate) enum WriteOp {
-    /// Append a completed record; make it visible once durable.
-    Commit {
-        key: Key,
-        fence: u64,
-        frame: Vec<u8>,
-        expires_at: u64,
-        completed_at: u64,
-        has_events: bool,
-        done: Ack,
-    },
-    /// Append a claim, release or published marker; nobody waits for it.
-    Append { frame: Vec<u8> },
-    /// Append the current purge watermark; nobody waits for it.
-    Purged,
-    /// Extend the fence reservation.
-    Reserve { done: Option<Ack> },
-    /// Seal the active segment so that compaction may rewrite it.
-    Seal { done: Ack },
-    /// Flush, sync and stop.
-    Shutdown { done: Option<Ack> },
-}
-
-impl WriteOp {
-    fn len(&self) -> usize {
-        match self {
-            Self::Commit { frame, .. } | Self::Append { frame } => frame.len(),
-            _ => 0,
-        }
-    }
-}
-
-struct PendingCommit {
-    key: Key,
-    fence: u64,
-    at: usize,
-    len: usize,
-    expires_at: u64,
-    completed_at: u64,
-    has_events: bool,
-    done: Ack,
-}
-
 pub(crate) struct Writer {
     shared: Arc<Shared>,
-    ops: Receiver<WriteOp>,
+    queue: Arc<WriteQueue>,
     compactor: Sender<CompactOp>,
     active: Arc<File>,
     active_id: u32,
@@ -83,7 +36,7 @@ pub(crate) struct Writer {
 impl Writer {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        ops: Receiver<WriteOp>,
+        queue: Arc<WriteQueue>,
         compactor: Sender<CompactOp>,
         active: Arc<File>,
         active_id: u32,
@@ -91,7 +44,7 @@ impl Writer {
     ) -> Self {
         Self {
             shared,
-            ops,
+            queue,
             compactor,
             active,
             active_id,
@@ -101,20 +54,16 @@ impl Writer {
     }
 
     pub(crate) fn run(mut self) {
-        let max_batch = self.shared.options.batch_bytes();
-        while let Ok(first) = self.ops.recv() {
-            let mut bytes = first.len();
-            let mut batch = vec![first];
-            while bytes < max_batch {
-                match self.ops.try_recv() {
-                    Ok(op) => {
-                        bytes += op.len();
-                        batch.push(op);
-                    }
-                    Err(_) => break,
-                }
-            }
-            if let Some(done) = self.process(batch) {
+        // However the thread ends, later operations are refused and the waiting ones hear
+        // that the writer is gone.
+        let _stop = StopOnExit(self.queue.clone());
+        let mut spare = Batch::default();
+        loop {
+            let mut batch = self.queue.take(spare);
+            let shutdown = self.process(&mut batch);
+            batch.clear();
+            spare = batch;
+            if let Some(done) = shutdown {
                 let result = self.finish();
                 if let Some(done) = done {
                     let _ = done.send(result);
@@ -122,69 +71,41 @@ impl Writer {
                 return;
             }
         }
-        // Every sender is gone without a shutdown; still leave the data synced.
-        let _ = self.finish();
     }
 
     /// Handles one batch; returns the shutdown acknowledgement when the batch asked to stop.
-    fn process(&mut self, batch: Vec<WriteOp>) -> Option<Option<Ack>> {
-        let mut buf = Vec::new();
-        let mut commits = Vec::new();
+    fn process(&mut self, batch: &mut Batch) -> Option<Option<Ack>> {
         let mut reserves = Vec::new();
         let mut reserve = false;
         let mut seals = Vec::new();
         let mut shutdown = None;
         let mut watermark = false;
-        let failure = self.shared.failed();
 
-        for op in batch {
+        for op in batch.control.drain(..) {
             match op {
-                WriteOp::Commit {
-                    key,
-                    fence,
-                    frame,
-                    expires_at,
-                    completed_at,
-                    has_events,
-                    done,
-                } => {
-                    if let Some(e) = &failure {
-                        self.shared.index().abort_commit(&key, fence);
-                        let _ = done.send(Err(StoreError::new(e.to_string())));
-                        continue;
-                    }
-                    commits.push(PendingCommit {
-                        key,
-                        fence,
-                        at: buf.len(),
-                        len: frame.len(),
-                        expires_at,
-                        completed_at,
-                        has_events,
-                        done,
-                    });
-                    buf.extend_from_slice(&frame);
-                }
-                WriteOp::Append { frame } => {
-                    if failure.is_none() {
-                        buf.extend_from_slice(&frame);
-                    }
-                }
-                WriteOp::Purged => watermark = true,
-                WriteOp::Reserve { done } => {
+                Control::Purged => watermark = true,
+                Control::Reserve { done } => {
                     reserve = true;
                     reserves.extend(done);
                 }
-                WriteOp::Seal { done } => seals.push(done),
-                WriteOp::Shutdown { done } => shutdown = Some(done),
+                Control::Seal { done } => seals.push(done),
+                Control::Shutdown { done } => shutdown = Some(done),
             }
         }
 
-        if watermark && failure.is_none() {
-            buf.extend_from_slice(&self.shared.watermark_frame());
-        }
-        if !buf.is_empty() {
-            self.append(&buf, commits);
+        if let Some(e) = self.shared.failed() {
+            // Nothing more is written once a sync failed; completions hear why.
+            self.fail_commits(batch.commits.drain(..), &e);
+            batch.bytes.clear();
+        } else {
+            if watermark {
+                batch
+                    .bytes
+                    .extend_from_slice(&self.shared.watermark_frame());
+            }
+            if !batch.bytes.is_empty() {
+                self.append(&batch.bytes, batch.commits.drain(..));
+            }
         }
         if reserve {
             let result = self.reserve();
@@ -207,7 +128,7 @@ impl Writer {
 
     /// Writes `buf` (the frames of `commits` and published markers), syncs if the mode asks
     /// for it, then makes the commits visible and acknowledges them.
-    fn append(&mut self, buf: &[u8], commits: Vec<PendingCommit>) {
+    fn append(&mut self, buf: &[u8], commits: std::vec::Drain<'_, PendingCommit>) {
         let segment_size = self.shared.options.segment_size_bytes();
         if self.active_len > SEGMENT_HEADER_LEN as u64
             && self.active_len + buf.len() as u64 > segment_size
@@ -226,7 +147,7 @@ impl Writer {
         }
         self.unsynced = true;
 
-        if !commits.is_empty() && self.shared.sync_enabled() {
+        if commits.len() > 0 && self.shared.sync_enabled() {
             if let Err(e) = self.sync() {
                 let error = self.undo_write(start, "sync", e);
                 self.fail_commits(commits, &error);
@@ -320,7 +241,8 @@ impl Writer {
         StoreError::with_source(format!("cannot {action} segment {}", path.display()), error)
     }
 
-    fn fail_commits(&self, commits: Vec<PendingCommit>, error: &StoreError) {
+    fn fail_commits(&self, commits: impl Iterator<Item = PendingCommit>, error: &StoreError) {
+        let commits: Vec<PendingCommit> = commits.collect();
         let mut index = self.shared.index();
         for commit in &commits {
             index.abort_commit(&commit.key, commit.fence);
@@ -398,6 +320,15 @@ impl Writer {
         }
         debug!(segment = self.active_id, "writer stopped");
         Ok(())
+    }
+}
+
+/// Stops the queue when the writer thread ends, by return or by panic.
+struct StopOnExit(Arc<WriteQueue>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        drop(self.0.stop());
     }
 }
 
