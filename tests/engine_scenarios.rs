@@ -126,6 +126,33 @@ fn handler_panic_releases_the_claim() {
 }
 
 #[test]
+fn handler_panicking_before_it_returns_a_future_releases_the_claim() {
+    let h = harness(EngineConfig::default());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let route = h
+        .engine
+        .route("things.create", move |request: DurableRequest| {
+            let run = counter.fetch_add(1, Ordering::SeqCst);
+            // The closure itself panics, outside the future it returns.
+            assert!(run > 0, "first call panics");
+            request.emit("thing.created", run).unwrap();
+            async move { DurableResponse::created(serde_json::json!({"run": run})) }
+        });
+
+    let failed = block_on(route.handle(post("k", "{}")));
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(problem_type(&failed), "urn:cnerium:problem:handler-failed");
+    assert!(h.sink.kinds().is_empty());
+
+    // Released at once: the retry runs instead of waiting out the lease as "in progress".
+    let retried = block_on(route.handle(post("k", "{}")));
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(h.sink.kinds(), ["thing.created"]);
+}
+
+#[test]
 fn crashed_owner_is_taken_over_after_the_lease_and_its_late_completion_is_refused() {
     let h = harness(EngineConfig::default());
     let gate = Arc::new(Mutex::new(None::<futures_channel::oneshot::Receiver<()>>));

@@ -490,9 +490,12 @@ impl DurableRoute {
             stage.clone(),
         );
 
-        let outcome = AssertUnwindSafe(self.handler.call(request))
-            .catch_unwind()
-            .await;
+        // A handler may panic while it builds its future as well as while it runs.
+        let outcome =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(request))) {
+                Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
         let events = stage.close();
         let response = match outcome {
             Ok(Ok(response)) => response.into_http(),
