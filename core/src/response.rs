@@ -255,8 +255,10 @@ pub fn problem_response(kind: ProblemKind, status: StatusCode, detail: &str) -> 
 
 /// Which response headers a store keeps and a replay repeats.
 ///
-/// The default list holds `content-type`, `location`, `etag`, `last-modified`, `link`,
-/// `cache-control`, `content-language` and `content-location`. Applications can add names;
+/// The default list holds `content-type`, `content-encoding`, `content-language`,
+/// `content-location`, `content-disposition`, `location`, `etag`, `last-modified`, `link`,
+/// `cache-control` and `vary`: what a client needs to read the stored body as it was
+/// first sent, and what names or describes the resource it created. Applications can add names;
 /// credentials (`set-cookie`, `www-authenticate`, `authorization` and the like) are never
 /// kept, even when added.
 #[derive(Clone, Debug)]
@@ -269,13 +271,16 @@ impl Default for ReplayHeaders {
         Self {
             names: vec![
                 header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::CONTENT_LANGUAGE,
+                header::CONTENT_LOCATION,
+                header::CONTENT_DISPOSITION,
                 header::LOCATION,
                 header::ETAG,
                 header::LAST_MODIFIED,
                 header::LINK,
                 header::CACHE_CONTROL,
-                header::CONTENT_LANGUAGE,
-                header::CONTENT_LOCATION,
+                header::VARY,
             ],
         }
     }
