@@ -7,6 +7,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+const LAST_RFC3339_MILLIS: u64 = 253_402_300_799_999;
+
 /// Milliseconds since the Unix epoch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(u64);
@@ -51,8 +54,11 @@ impl Timestamp {
     }
 
     /// RFC 3339 form with millisecond precision, in UTC (`2026-12-03T19:05:09.123Z`).
+    /// RFC 3339 has four-digit years: instants after the year 9999 are written as its last
+    /// millisecond.
     pub fn to_rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(self.to_system_time()).to_string()
+        let shown = Self(self.0.min(LAST_RFC3339_MILLIS));
+        humantime::format_rfc3339_millis(shown.to_system_time()).to_string()
     }
 }
 
@@ -97,7 +103,12 @@ impl ManualClock {
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
         let millis = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.millis.fetch_add(millis, Ordering::SeqCst);
+        // The closure always returns `Some`, so the update cannot fail.
+        let _ = self
+            .millis
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(millis))
+            });
     }
 
     /// Sets the clock to `to`, forward or back.
@@ -128,5 +139,17 @@ mod tests {
         assert_eq!(clock.now(), Timestamp::from_millis(1_000));
         clock.advance(Duration::from_secs(2));
         assert_eq!(clock.now(), Timestamp::from_millis(3_000));
+    }
+
+    #[test]
+    fn the_far_future_neither_wraps_nor_fails_to_format() {
+        let clock = ManualClock::new(Timestamp::from_millis(1_000));
+        clock.advance(Duration::MAX);
+        assert_eq!(clock.now(), Timestamp::from_millis(u64::MAX));
+        assert_eq!(clock.now().to_rfc3339(), "9999-12-31T23:59:59.999Z");
+        assert_eq!(
+            Timestamp::from_millis(LAST_RFC3339_MILLIS).to_string(),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 }
