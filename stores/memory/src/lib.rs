@@ -1,15 +1,17 @@
-//! An in-memory [`Store`]: records live in a map behind one lock and vanish with the
-//! process.
+//! An in-memory [`Store`]: records live in maps behind locks and vanish with the process.
 //!
 //! It is the reference implementation of the [`Store`] contract, short enough to read in
 //! one sitting, and the store to use in tests and for services that accept losing records
-//! on restart. Every method takes the lock once, so each is atomic with respect to all the
-//! others.
+//! on restart. Records are spread over shards by key, each behind its own lock; a method
+//! on one key takes its shard's lock once, so it is atomic with respect to every other
+//! call on that key. Scans (purges, event listings) take one shard at a time, so they
+//! never hold up requests for longer than one shard's share of the work.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::collections::hash_map::{Entry, RandomState};
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use cnerium_core::async_trait;
@@ -18,29 +20,38 @@ use cnerium_core::{
     RecordKey, RecordState, Store, StoreError, Timestamp,
 };
 
-/// Records in memory.
-#[derive(Debug, Default)]
-pub struct MemoryStore {
-    inner: Mutex<Inner>,
-}
+/// Shards of a store: enough that two cores rarely wait for each other and that a purge
+/// holds each lock for a small share of the records.
+const SHARDS: usize = 32;
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// Records are boxed: the table reserves up to twice as many slots as it holds, and a
-    /// slot of a key and a pointer is a quarter of one holding the record itself.
-    records: HashMap<Hashed, Box<Record>, KeepHash>,
+/// Records in memory.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
     /// Hashes record keys, keyed per store so that clients choosing idempotency keys
     /// cannot aim at one bucket.
     hasher: RandomState,
     /// The last fence granted by this store; fences are unique across all keys, so they
-    /// also grow per key across purges.
-    last_fence: u64,
+    /// also grow per key across purges. Taken under the key's shard lock, so the fences
+    /// of one key grow in the order its claims are granted.
+    last_fence: AtomicU64,
 }
 
-impl Inner {
-    fn hashed(&self, key: &RecordKey) -> u64 {
-        self.hasher.hash_one(key)
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            last_fence: AtomicU64::new(0),
+        }
     }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// Records are boxed: the table reserves up to twice as many slots as it holds, and a
+    /// slot of a key and a pointer is a quarter of one holding the record itself.
+    records: HashMap<Hashed, Box<Record>, KeepHash>,
 }
 
 /// A record key with its hash, computed once when the record is inserted.
@@ -154,7 +165,7 @@ impl MemoryStore {
 
     /// Number of records held, live or expired but not yet purged.
     pub fn len(&self) -> usize {
-        self.lock().records.len()
+        self.shards.iter().map(|s| lock(s).records.len()).sum()
     }
 
     /// Whether the store holds no record.
@@ -162,44 +173,61 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // No method panics while holding the lock, so a poisoned lock still guards
-        // consistent data.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// The hash of `key` and its shard, locked.
+    fn shard(&self, key: &RecordKey) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.hasher.hash_one(key);
+        // The table uses the low bits of the hash for its buckets; the shard takes the
+        // high ones, so that each shard's table still sees well spread hashes.
+        let index = (hash >> 59) as usize % self.shards.len();
+        (hash, lock(&self.shards[index]))
     }
+}
+
+/// `record`, an in-progress record made before its fence was known, with `fence`.
+fn with_fence(mut record: Box<Record>, fence: Fence) -> Box<Record> {
+    if let RecordState::InProgress { fence: f, .. } = &mut record.state {
+        *f = fence;
+    }
+    record
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // No method panics while holding a lock, so a poisoned lock still guards consistent
+    // data.
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let mut inner = self.lock();
-        let inner = &mut *inner;
+        let (hash, mut shard) = self.shard(&request.key);
 
         // The record is made before the lookup, which takes the key; its fence is spent
         // only if the claim is granted. One lookup serves both the check and the insert.
-        let fence = Fence(inner.last_fence + 1);
-        let record = Box::new(request.in_progress_record(fence));
-        let hash = inner.hashed(&request.key);
+        // Other shards may spend fences meanwhile: the fence is made unique once granted.
+        let record = Box::new(request.in_progress_record(Fence(0)));
         let key = Hashed {
             hash,
             key: request.key,
         };
-        let takeover = match inner.records.entry(key) {
+        let fence = || Fence(self.last_fence.fetch_add(1, Ordering::SeqCst) + 1);
+        let (fence, takeover) = match shard.records.entry(key) {
             Entry::Occupied(existing) if !existing.get().is_claimable(request.now) => {
                 return Ok(ClaimOutcome::Existing(Record::clone(existing.get())));
             }
             Entry::Occupied(mut existing) => {
                 let takeover = existing.get().is_live(request.now)
                     && matches!(existing.get().state, RecordState::InProgress { .. });
-                existing.insert(record);
-                takeover
+                let fence = fence();
+                existing.insert(with_fence(record, fence));
+                (fence, takeover)
             }
             Entry::Vacant(slot) => {
-                slot.insert(record);
-                false
+                let fence = fence();
+                slot.insert(with_fence(record, fence));
+                (fence, false)
             }
         };
-        inner.last_fence = fence.0;
         Ok(ClaimOutcome::Claimed { fence, takeover })
     }
 
@@ -209,9 +237,8 @@ impl Store for MemoryStore {
         fence: Fence,
         completion: Completion,
     ) -> Result<(), CompleteError> {
-        let mut inner = self.lock();
-        let hash = inner.hashed(key);
-        let Some(record) = inner.records.get_mut(&(hash, key) as &dyn Lookup) else {
+        let (hash, mut shard) = self.shard(key);
+        let Some(record) = shard.records.get_mut(&(hash, key) as &dyn Lookup) else {
             return Err(CompleteError::Fenced);
         };
         if !matches!(record.state, RecordState::InProgress { fence: f, .. } if f == fence) {
@@ -230,21 +257,20 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let lookup = (inner.hashed(key), key);
+        let (hash, mut shard) = self.shard(key);
+        let lookup = (hash, key);
         let held = matches!(
-            inner.records.get(&lookup as &dyn Lookup).map(Box::as_ref),
+            shard.records.get(&lookup as &dyn Lookup).map(Box::as_ref),
             Some(Record { state: RecordState::InProgress { fence: f, .. }, .. }) if *f == fence
         );
         if held {
-            inner.records.remove(&lookup as &dyn Lookup);
+            shard.records.remove(&lookup as &dyn Lookup);
         }
         Ok(())
     }
 
     async fn mark_published(&self, key: &RecordKey, fence: Fence) -> Result<(), StoreError> {
-        let mut inner = self.lock();
-        let hash = inner.hashed(key);
+        let (hash, mut shard) = self.shard(key);
         if let Some(Record {
             state:
                 RecordState::Completed {
@@ -253,7 +279,7 @@ impl Store for MemoryStore {
                     ..
                 },
             ..
-        }) = inner
+        }) = shard
             .records
             .get_mut(&(hash, key) as &dyn Lookup)
             .map(Box::as_mut)
@@ -265,37 +291,40 @@ impl Store for MemoryStore {
     }
 
     async fn pending_events(&self, limit: usize) -> Result<Vec<PendingEvents>, StoreError> {
-        let inner = self.lock();
-        let mut pending: Vec<(Timestamp, PendingEvents)> = inner
-            .records
-            .iter()
-            .filter_map(|(key, record)| match &record.state {
-                RecordState::Completed {
-                    fence,
-                    events,
-                    events_published: false,
-                    completed_at,
-                    ..
-                } if !events.is_empty() => Some((
-                    *completed_at,
-                    PendingEvents {
-                        key: key.key.clone(),
-                        fence: *fence,
-                        events: events.clone(),
-                    },
-                )),
-                _ => None,
-            })
-            .collect();
+        let mut pending: Vec<(Timestamp, PendingEvents)> = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            pending.extend(
+                shard
+                    .records
+                    .iter()
+                    .filter_map(|(key, record)| match &record.state {
+                        RecordState::Completed {
+                            fence,
+                            events,
+                            events_published: false,
+                            completed_at,
+                            ..
+                        } if !events.is_empty() => Some((
+                            *completed_at,
+                            PendingEvents {
+                                key: key.key.clone(),
+                                fence: *fence,
+                                events: events.clone(),
+                            },
+                        )),
+                        _ => None,
+                    }),
+            );
+        }
         pending.sort_by_key(|(completed_at, p)| (*completed_at, p.fence));
         pending.truncate(limit);
         Ok(pending.into_iter().map(|(_, p)| p).collect())
     }
 
     async fn lookup(&self, key: &RecordKey, now: Timestamp) -> Result<Option<Record>, StoreError> {
-        let inner = self.lock();
-        let hash = inner.hashed(key);
-        Ok(inner
+        let (hash, shard) = self.shard(key);
+        Ok(shard
             .records
             .get(&(hash, key) as &dyn Lookup)
             .filter(|r| r.is_live(now))
@@ -303,34 +332,52 @@ impl Store for MemoryStore {
     }
 
     async fn events_since(&self, since: Timestamp, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let inner = self.lock();
-        let mut completed: Vec<(Timestamp, Fence, &Vec<Event>)> = inner
-            .records
-            .values()
-            .filter_map(|record| match &record.state {
-                RecordState::Completed {
-                    fence,
-                    events,
-                    completed_at,
-                    ..
-                } if *completed_at >= since && !events.is_empty() => {
-                    Some((*completed_at, *fence, events))
+        // Each shard gives its first `limit` events at or after `since`; the first `limit`
+        // of all of them are among those.
+        let mut completed: Vec<(Timestamp, Fence, Vec<Event>)> = Vec::new();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            let mut found: Vec<(Timestamp, Fence, &Vec<Event>)> = shard
+                .records
+                .values()
+                .filter_map(|record| match &record.state {
+                    RecordState::Completed {
+                        fence,
+                        events,
+                        completed_at,
+                        ..
+                    } if *completed_at >= since && !events.is_empty() => {
+                        Some((*completed_at, *fence, events))
+                    }
+                    _ => None,
+                })
+                .collect();
+            found.sort_by_key(|(completed_at, fence, _)| (*completed_at, *fence));
+            let mut taken = 0;
+            for (completed_at, fence, events) in found {
+                if taken >= limit {
+                    break;
                 }
-                _ => None,
-            })
-            .collect();
+                taken += events.len();
+                completed.push((completed_at, fence, events.clone()));
+            }
+        }
         completed.sort_by_key(|(completed_at, fence, _)| (*completed_at, *fence));
         Ok(completed
             .into_iter()
-            .flat_map(|(_, _, events)| events.iter().cloned())
+            .flat_map(|(_, _, events)| events)
             .take(limit)
             .collect())
     }
 
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
-        let mut inner = self.lock();
-        let before = inner.records.len();
-        inner.records.retain(|_, record| record.is_live(now));
-        Ok((before - inner.records.len()) as u64)
+        let mut removed = 0;
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            let before = shard.records.len();
+            shard.records.retain(|_, record| record.is_live(now));
+            removed += (before - shard.records.len()) as u64;
+        }
+        Ok(removed)
     }
 }
