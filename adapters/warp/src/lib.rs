@@ -102,7 +102,9 @@ where
     let (parts, _) = request.into_parts();
     let mut body = std::pin::pin!(body);
     if let Some(refused) = route.precheck(&parts) {
-        drain(body.as_mut()).await;
+        if !expects_continue(&parts.headers) {
+            drain(body.as_mut()).await;
+        }
         return refused;
     }
     let body = match read_limited(body.as_mut(), route.body_limit()).await {
@@ -198,18 +200,35 @@ where
 /// bounded remainder lets them see the 4xx; a larger body is cut off.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
+/// Longest wait for a refused body's remainder: a client that stops sending, or sends
+/// slowly, still gets its answer.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn drain<S, B>(mut body: Pin<&mut S>)
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut drained = 0;
-    while let Some(Ok(chunk)) = body.next().await {
-        drained += chunk.remaining();
-        if drained > DRAIN_LIMIT {
-            return;
+    let read = async {
+        let mut drained = 0;
+        while let Some(Ok(chunk)) = body.next().await {
+            drained += chunk.remaining();
+            if drained > DRAIN_LIMIT {
+                return;
+            }
         }
-    }
+    };
+    // Past the deadline the answer goes out and the connection closes behind it.
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
+
+/// Whether the client waits for `100 Continue` before it sends the body: then a refusal
+/// is answered without reading any of it, and the client never sends it.
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 fn bad_target() -> Response<Bytes> {
@@ -286,4 +305,26 @@ pub async fn problem_rejections(rejection: Rejection) -> Result<Response<Bytes>,
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
     }
     Ok(response)
+}
+
+/// A 405 problem with `Allow: allow`, for an ordinary route to answer the methods it does
+/// not serve (warp's own 405 rejection does not say which methods a path has, so
+/// [`problem_rejections`] can only name the durable routes' POST).
+///
+/// ```no_run
+/// # use warp::Filter;
+/// let health = warp::path("health").and(warp::path::end());
+/// let routes = health
+///     .and(warp::get().or(warp::head()).unify())
+///     .map(|| "ok")
+///     .map(warp::Reply::into_response)
+///     .or(health.map(|| cnerium_warp::method_not_allowed("GET, HEAD")).map(warp::Reply::into_response));
+/// ```
+pub fn method_not_allowed(allow: &'static str) -> Response<Bytes> {
+    let detail = format!("this method is not allowed on this path; it accepts {allow}");
+    let mut response = with_nosniff(problem(StatusCode::METHOD_NOT_ALLOWED, &detail));
+    response
+        .headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+    response
 }
