@@ -166,7 +166,7 @@ pub(crate) fn parse_cursor(text: &str) -> Result<Timestamp, Refusal> {
     let refused = || {
         Refusal::new(
             ErrorCode::InvalidCursor,
-            "since must be an RFC 3339 UTC time such as 2026-12-03T19:05:09.123Z or \
+            "since must be an RFC 3339 time such as 2026-12-03T19:05:09.123Z or \
              milliseconds since the Unix epoch; sending live events only",
         )
     };
@@ -176,9 +176,13 @@ pub(crate) fn parse_cursor(text: &str) -> Result<Timestamp, Refusal> {
             .map(Timestamp::from_millis)
             .map_err(|_| refused());
     }
-    humantime::parse_rfc3339(text)
-        .map(Timestamp::from_system_time)
-        .map_err(|_| refused())
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| refused())?;
+    // Before the epoch there is nothing to catch up on; the epoch asks for everything.
+    let millis = at.unix_timestamp_nanos().max(0) / 1_000_000;
+    Ok(Timestamp::from_millis(
+        u64::try_from(millis).unwrap_or(u64::MAX),
+    ))
 }
 
 /// Checks a room name the way events check it.
@@ -251,6 +255,17 @@ mod tests {
             parse_cursor("2026-12-03T19:05:09Z"),
             Ok(Timestamp::from_millis(1_796_324_709_000))
         );
+        // Any offset, lower-case separators, and any number of fraction digits.
+        for same in [
+            "2026-12-03T20:05:09.123+01:00",
+            "2026-12-03T19:05:09.123+00:00",
+            "2026-12-03t19:05:09.123z",
+            "2026-12-03T19:05:09.123456789Z",
+            "2026-12-03T14:35:09.123-04:30",
+        ] {
+            assert_eq!(parse_cursor(same), Ok(ts), "{same}");
+        }
+        assert_eq!(parse_cursor("1969-12-31T23:59:59Z"), Ok(Timestamp::EPOCH));
         for bad in [
             "",
             "yesterday",
