@@ -44,7 +44,7 @@ impl IdempotencyKey {
         } else {
             parse_bare(value)?
         };
-        if key.is_empty() {
+        if is_blank(&key) {
             return Err(KeyError::Empty);
         }
         if key.len() > MAX_KEY_LEN {
@@ -56,7 +56,7 @@ impl IdempotencyKey {
     /// Builds a key from its content, checking the same rules as the quoted header form.
     pub fn new(key: impl Into<String>) -> Result<Self, KeyError> {
         let key = key.into();
-        if key.is_empty() {
+        if is_blank(&key) {
             return Err(KeyError::Empty);
         }
         if key.len() > MAX_KEY_LEN {
@@ -90,6 +90,12 @@ impl AsRef<str> for IdempotencyKey {
     fn as_ref(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether a key's content is empty or only spaces (`""`, `" "`): no client means such a
+/// key, and accepting it would let unrelated requests share it.
+fn is_blank(key: &str) -> bool {
+    key.bytes().all(|b| b == b' ')
 }
 
 fn trim_ows(mut value: &[u8]) -> &[u8] {
@@ -155,7 +161,7 @@ impl fmt::Display for KeyError {
         match self {
             Self::Missing => write!(f, "the request has no Idempotency-Key header"),
             Self::Repeated => write!(f, "the Idempotency-Key header was sent more than once"),
-            Self::Empty => write!(f, "the Idempotency-Key header is empty"),
+            Self::Empty => write!(f, "the Idempotency-Key header is empty or only spaces"),
             Self::TooLong { len } => write!(
                 f,
                 "the idempotency key is {len} characters long; at most {MAX_KEY_LEN} are allowed"
@@ -206,6 +212,10 @@ mod tests {
         assert_eq!(parse(""), Err(KeyError::Empty));
         assert_eq!(parse("   "), Err(KeyError::Empty));
         assert_eq!(parse("\"\""), Err(KeyError::Empty));
+        assert_eq!(parse("\" \""), Err(KeyError::Empty));
+        assert_eq!(parse("\"    \""), Err(KeyError::Empty));
+        assert_eq!(IdempotencyKey::new("  "), Err(KeyError::Empty));
+        assert_eq!(parse("\" a \"").unwrap(), " a ");
         assert_eq!(parse("a b"), Err(KeyError::InvalidCharacter { byte: b' ' }));
         assert_eq!(parse("a,b"), Err(KeyError::InvalidCharacter { byte: b',' }));
         assert_eq!(
