@@ -40,6 +40,7 @@ macro_rules! scenarios_against {
                 refused_requests_store_nothing,
                 stored_validation_errors_replay_and_block_a_corrected_body,
                 a_restarted_process_replays_without_running_the_handler,
+                health_answers_get_and_head_and_names_them_for_other_methods,
             );
         }
     };
@@ -498,4 +499,37 @@ mod same_answers {
         assert_eq!(warp.answers.len(), tide.answers.len());
         assert_eq!(warp.events, tide.events);
     }
+}
+
+async fn health_answers_get_and_head_and_names_them_for_other_methods(example: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(example, dir.path());
+    let http = client();
+
+    let get = http.get(service.url("/health")).send().await.unwrap();
+    assert_eq!(get.status(), 200);
+    assert!(json(&get.bytes().await.unwrap())["ok"] == true);
+    let head = http.head(service.url("/health")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+
+    for method in [reqwest::Method::POST, reqwest::Method::DELETE] {
+        let (status, headers, body) = parts(
+            http.request(method.clone(), service.url("/health"))
+                .body("x")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 405, "{method}");
+        assert_eq!(headers["allow"], "GET, HEAD", "{method}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let detail = json(&body)["detail"].as_str().unwrap().to_owned();
+        assert!(!detail.contains("POST"), "{detail}");
+    }
+
+    // The durable path still names its own method.
+    let wrong = http.get(service.url("/orders")).send().await.unwrap();
+    assert_eq!(wrong.status(), 405);
+    assert_eq!(wrong.headers()["allow"], "POST");
 }

@@ -14,6 +14,8 @@
 
 mod app;
 mod backend;
+#[path = "../shared/logging.rs"]
+mod logging;
 #[path = "../shared/orders.rs"]
 mod orders;
 
@@ -27,7 +29,7 @@ use backend::{EventsChoice, StoreChoice, StoreNames};
 use clap::Parser;
 use cnerium::realtime::{Hub, RealtimeConfig};
 use cnerium::{Engine, EngineConfig, SystemClock};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 const SERVICE: &str = "durable-orders-realtime";
 
@@ -99,17 +101,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
 
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            error!("{message}");
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cnerium::Engine;
 use cnerium::tide::tide::{self, Body, Middleware, Next, Request, Response, StatusCode};
-use cnerium::tide::{RouterProblems, durable, method_not_allowed};
+use cnerium::tide::{RouterProblems, durable, method_not_allowed, method_not_allowed_allowing};
 
 use crate::orders::{CREATE_ORDER, create_order};
 
@@ -16,13 +16,16 @@ pub fn app(engine: &Engine, service: &'static str, in_flight: InFlight) -> tide:
     let mut app = tide::new();
     app.with(in_flight);
     app.with(RouterProblems);
+    let health = move |_request: Request<()>| async move {
+        let body = Body::from_json(&serde_json::json!({"ok": true, "service": service}))?;
+        let mut response = Response::new(StatusCode::Ok);
+        response.set_body(body);
+        Ok(response)
+    };
     app.at("/health")
-        .get(move |_request: Request<()>| async move {
-            let body = Body::from_json(&serde_json::json!({"ok": true, "service": service}))?;
-            let mut response = Response::new(StatusCode::Ok);
-            response.set_body(body);
-            Ok(response)
-        });
+        .get(health)
+        .head(health)
+        .all(method_not_allowed_allowing("GET, HEAD"));
     app.at("/orders")
         .post(durable(engine.route(CREATE_ORDER, create_order)))
         .all(method_not_allowed());

@@ -11,6 +11,8 @@
 //! replays them.
 
 mod app;
+#[path = "../shared/logging.rs"]
+mod logging;
 #[path = "../shared/orders.rs"]
 mod orders;
 
@@ -28,7 +30,7 @@ use cnerium::tide::async_std::{channel, net::TcpListener, task};
 use cnerium::{Engine, EngineConfig, SystemClock};
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::app::InFlight;
 
@@ -61,17 +63,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
 
     match task::block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            error!("{message}");
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

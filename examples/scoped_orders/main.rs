@@ -15,6 +15,9 @@
 //!
 //! [`DurableRoute::scope_by`]: cnerium::DurableRoute::scope_by
 
+#[path = "../shared/logging.rs"]
+mod logging;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +35,7 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Reply;
@@ -127,17 +130,11 @@ impl Users {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
 
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            error!("{message}");
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }

@@ -108,7 +108,7 @@ impl Durable {
         mut request: tide::Request<State>,
     ) -> Result<Response<Bytes>, Response<Bytes>> {
         if request.method() != tide::http::Method::Post {
-            return Err(method_not_allowed_problem());
+            return Err(method_not_allowed_problem("POST"));
         }
         let parts = request_parts(&request).map_err(|e| {
             trace!(error = %e, "request head refused");
@@ -159,19 +159,27 @@ impl<State: Clone + Send + Sync + 'static> Endpoint<State> for Durable {
 /// `app.at("/orders").post(durable(route)).all(method_not_allowed())`. Methods the app
 /// routes explicitly on the same path (a `get`) still reach their own endpoints.
 pub fn method_not_allowed() -> MethodNotAllowed {
-    MethodNotAllowed
+    MethodNotAllowed { allow: "POST" }
 }
 
-/// The endpoint made by [`method_not_allowed`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MethodNotAllowed;
+/// The endpoint for the other methods of an ordinary path: a 405 problem with
+/// `Allow: allow`, as in `app.at("/health").get(health).all(method_not_allowed_allowing("GET, HEAD"))`.
+pub fn method_not_allowed_allowing(allow: &'static str) -> MethodNotAllowed {
+    MethodNotAllowed { allow }
+}
+
+/// The endpoint made by [`method_not_allowed`] and [`method_not_allowed_allowing`].
+#[derive(Clone, Copy, Debug)]
+pub struct MethodNotAllowed {
+    allow: &'static str,
+}
 
 #[tide::utils::async_trait]
 impl<State: Clone + Send + Sync + 'static> Endpoint<State> for MethodNotAllowed {
     async fn call(&self, request: tide::Request<State>) -> tide::Result {
         Ok(send(close_if(
             has_body(&request),
-            method_not_allowed_problem(),
+            method_not_allowed_problem(self.allow),
         )))
     }
 }
@@ -228,11 +236,16 @@ async fn read_limited(body: tide::Body, limit: usize) -> Result<Bytes, BodyRead>
     Ok(Bytes::from(collected))
 }
 
-fn method_not_allowed_problem() -> Response<Bytes> {
-    let mut response = problem(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_DETAIL);
+fn method_not_allowed_problem(allow: &'static str) -> Response<Bytes> {
+    let mut response = if allow == "POST" {
+        problem(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_DETAIL)
+    } else {
+        let detail = format!("this method is not allowed on this path; it accepts {allow}");
+        problem(StatusCode::METHOD_NOT_ALLOWED, &detail)
+    };
     response
         .headers_mut()
-        .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
     response
 }
 
