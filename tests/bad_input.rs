@@ -224,6 +224,12 @@ fn http_rows() -> Vec<HttpRow> {
             NoKey,
         ),
         row(
+            "quoted key of spaces",
+            post(b"\"   \"", ORDER),
+            empty,
+            NoKey,
+        ),
+        row(
             "key of 256 characters",
             post(long_key.as_bytes(), ORDER),
             Problem(400, INVALID_KEY, "256 characters long"),
@@ -395,6 +401,35 @@ fn http_rows() -> Vec<HttpRow> {
             ),
             too_large,
             KeyStaysNew("big-3"),
+        ),
+        row(
+            "declared length over the limit, client stalls after a byte",
+            request(
+                "POST /orders HTTP/1.1",
+                &[
+                    b"Idempotency-Key: big-4\r\n",
+                    b"Content-Length: 10000000000\r\n",
+                ],
+                false,
+                b"{",
+            ),
+            too_large,
+            KeyStaysNew("big-4"),
+        ),
+        row(
+            "declared length over the limit, client waits for 100 Continue",
+            request(
+                "POST /orders HTTP/1.1",
+                &[
+                    b"Idempotency-Key: big-5\r\n",
+                    b"Expect: 100-continue\r\n",
+                    b"Content-Length: 5000000\r\n",
+                ],
+                false,
+                b"",
+            ),
+            too_large,
+            KeyStaysNew("big-5"),
         ),
         half_closed(
             "body shorter than its Content-Length",

@@ -118,13 +118,19 @@ pub(crate) fn recover(dir: &Path, options: &FileStoreOptions) -> Result<Recovere
                         len,
                         to_end,
                     } => {
+                        let after = if to_end {
+                            "nothing: a torn last write, as a crash mid-write leaves; it is \
+                             cut off and new writes follow the last whole record"
+                        } else {
+                            "more records, which were recovered"
+                        };
                         warn!(
                             path = %path.display(),
                             offset,
                             skipped = len,
                             torn_tail = to_end,
-                            "skipped corrupt bytes in a segment; records after them were \
-                             recovered"
+                            after,
+                            "skipped corrupt bytes in a segment"
                         );
                         if to_end {
                             torn_at = Some(offset as u64);

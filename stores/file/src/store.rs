@@ -138,6 +138,13 @@ impl FileStore {
         if let Some(problem) = options.problem() {
             return Err(OpenError::InvalidOptions(problem));
         }
+        if dir.exists() && !dir.is_dir() {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "it is not a directory; name a directory, or a path that does not exist yet",
+            );
+            return Err(OpenError::io("use", dir, e));
+        }
         fs::create_dir_all(dir).map_err(|e| OpenError::io("create", dir, e))?;
         let lock = DirLock::acquire(dir)?;
         let recovered = recovery::recover(dir, &options)?;

@@ -48,6 +48,17 @@ fn open_creates_missing_directories() {
 }
 
 #[test]
+fn a_file_where_the_directory_should_be_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, b"not a store").unwrap();
+    let message = FileStore::open(&file).unwrap_err().to_string();
+    assert!(message.contains("not a directory"), "{message}");
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a store");
+}
+
+#[test]
 fn invalid_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let result = FileStore::open_with(dir.path(), options().segment_size(10));
