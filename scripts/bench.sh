@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The benchmarks in one command, measured in release mode on this machine:
 #
-#   bash scripts/bench.sh            # all four: core, http, memory, fanout
+#   bash scripts/bench.sh            # all five: core, http, memory, fanout, file
 #   bash scripts/bench.sh http core  # some of them
 #
 #   core    criterion: claim, complete, replay and the fingerprint, without HTTP
 #   http    durable route against a plain warp route, 64 keep-alive connections
 #   memory  bytes per record of the in-memory store for a 200-byte response
 #   fanout  time from publish until each of 10,000 WebSocket clients has the event
+#   file    the file store: first executions over HTTP and group commit next to the disk's
+#           single-fsync rate, replays next to the in-memory store, opening 1,000,000 records
 #
 # Extra arguments for one benchmark go in BENCH_HTTP_ARGS (default --direct, which adds
 # the durable route without the warp adapter), BENCH_MEMORY_ARGS, BENCH_FANOUT_ARGS and
@@ -22,13 +24,13 @@ mkdir -p "$out"
 
 selected=("$@")
 if [ ${#selected[@]} -eq 0 ]; then
-    selected=(core http memory fanout)
+    selected=(core http memory fanout file)
 fi
 for name in "${selected[@]}"; do
     case "$name" in
-        core | http | memory | fanout) ;;
+        core | http | memory | fanout | file) ;;
         *)
-            echo "unknown benchmark '$name' (core, http, memory, fanout)" >&2
+            echo "unknown benchmark '$name' (core, http, memory, fanout, file)" >&2
             exit 2
             ;;
     esac
@@ -107,6 +109,16 @@ EOF
         fanout)
             # shellcheck disable=SC2086
             run_example bench_fanout ${BENCH_FANOUT_ARGS:-}
+            ;;
+        file)
+            step "file store over HTTP (cargo run --release --example bench_http -- --store file --scenario first)"
+            cargo run --release --quiet --example bench_http -- --store file --scenario first \
+                | tee "$out/file-http.txt"
+            for bench in commit_bench replay_bench open_bench; do
+                step "file store: $bench (cargo run --release -p cnerium-store-file --example $bench)"
+                cargo run --release --quiet -p cnerium-store-file --example "$bench" \
+                    | tee "$out/file-$bench.txt"
+            done
             ;;
     esac
 done
