@@ -55,12 +55,15 @@ fuzz_target!(|session: Session| {
     .build();
 
     let mut input = handshake(&session.url_rooms);
+    let handshake_len = input.len();
     for frame in &session.frames {
         encode(frame, &mut input);
     }
     let mut io = Duplex {
         input,
         read_at: 0,
+        handshake_len,
+        answer_stalls_left: STALLS_FOR_ANSWER,
         stalls_left: STALLS_AT_END,
         output: Vec::new(),
     };
@@ -221,10 +224,18 @@ fn check_reply(payload: &[u8]) {
 /// so that the session writes the replies it queued before it sees the client leave.
 const STALLS_AT_END: usize = 4;
 
+/// Times a read after the handshake request answers "not yet" while the server has not
+/// answered it: a client sends frames only once it has the server's answer (RFC 6455,
+/// section 4.1), and the server refuses data that arrives before.
+const STALLS_FOR_ANSWER: usize = 64;
+
 /// Client bytes to read, server bytes written.
 struct Duplex {
     input: Vec<u8>,
     read_at: usize,
+    /// The opening handshake's length: the frames after it wait for the server's answer.
+    handshake_len: usize,
+    answer_stalls_left: usize,
     stalls_left: usize,
     output: Vec<u8>,
 }
@@ -236,12 +247,26 @@ impl AsyncRead for &mut Duplex {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.read_at == this.handshake_len
+            && this.output.is_empty()
+            && this.answer_stalls_left > 0
+        {
+            this.answer_stalls_left -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if this.read_at == this.input.len() && this.stalls_left > 0 {
             this.stalls_left -= 1;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let left = &this.input[this.read_at..];
+        // The handshake request is read on its own, as a client that waits sends it.
+        let end = if this.read_at < this.handshake_len {
+            this.handshake_len
+        } else {
+            this.input.len()
+        };
+        let left = &this.input[this.read_at..end];
         let n = left.len().min(buf.len());
         buf[..n].copy_from_slice(&left[..n]);
         this.read_at += n;
