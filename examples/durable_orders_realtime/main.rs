@@ -18,17 +18,19 @@ mod backend;
 mod logging;
 #[path = "../shared/orders.rs"]
 mod orders;
+#[path = "../shared/tokio_service.rs"]
+mod tokio_service;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use backend::{EventsChoice, StoreChoice, StoreNames};
 use clap::Parser;
 use cnerium::realtime::{Hub, RealtimeConfig};
 use cnerium::{Engine, EngineConfig, SystemClock};
+use tokio_service::{purge_periodically, shutdown_signal};
 use tracing::{info, warn};
 
 const SERVICE: &str = "durable-orders-realtime";
@@ -189,38 +191,4 @@ async fn run(args: Args) -> Result<(), String> {
     drop(engine);
     info!("stopped");
     Ok(())
-}
-
-async fn purge_periodically(engine: Engine) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        if let Err(e) = engine.purge_expired().await {
-            warn!(error = %e, "purging expired records failed; will retry");
-        }
-    }
-}
-
-/// Resolves on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }

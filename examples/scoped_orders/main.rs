@@ -17,13 +17,14 @@
 
 #[path = "../shared/logging.rs"]
 mod logging;
+#[path = "../shared/tokio_service.rs"]
+mod tokio_service;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -35,6 +36,7 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
+use tokio_service::{purge_periodically, shutdown_signal};
 use tracing::{info, warn};
 use warp::Filter;
 use warp::filters::BoxedFilter;
@@ -335,38 +337,4 @@ async fn create_order(request: DurableRequest) -> Result<DurableResponse, EmitEr
         product_id,
         quantity,
     }))
-}
-
-async fn purge_periodically(engine: Engine) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tick.tick().await;
-        if let Err(e) = engine.purge_expired().await {
-            warn!(error = %e, "purging expired records failed; will retry");
-        }
-    }
-}
-
-/// Resolves on Ctrl-C or, on Unix, SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
 }
