@@ -163,7 +163,8 @@ pub fn method_not_allowed() -> MethodNotAllowed {
 }
 
 /// The endpoint for the other methods of an ordinary path: a 405 problem with
-/// `Allow: allow`, as in `app.at("/health").get(health).all(method_not_allowed_allowing("GET, HEAD"))`.
+/// `Allow: allow`, as in
+/// `app.at("/health").get(health).all(method_not_allowed_allowing("GET, HEAD"))`.
 pub fn method_not_allowed_allowing(allow: &'static str) -> MethodNotAllowed {
     MethodNotAllowed { allow }
 }

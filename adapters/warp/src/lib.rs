@@ -314,11 +314,12 @@ pub async fn problem_rejections(rejection: Rejection) -> Result<Response<Bytes>,
 /// ```no_run
 /// # use warp::Filter;
 /// let health = warp::path("health").and(warp::path::end());
+/// let others = health.map(|| cnerium_warp::method_not_allowed("GET, HEAD"));
 /// let routes = health
 ///     .and(warp::get().or(warp::head()).unify())
 ///     .map(|| "ok")
 ///     .map(warp::Reply::into_response)
-///     .or(health.map(|| cnerium_warp::method_not_allowed("GET, HEAD")).map(warp::Reply::into_response));
+///     .or(others.map(warp::Reply::into_response));
 /// ```
 pub fn method_not_allowed(allow: &'static str) -> Response<Bytes> {
     let detail = format!("this method is not allowed on this path; it accepts {allow}");
