@@ -93,12 +93,15 @@
 //!
 //! # Cargo features
 //!
-//! - `tokio` (off by default): `conformance::OnRuntime`, which runs each call of a store
+//! - `tokio` (off by default): [`bench`], what a store costs next to others, and
+//!   `conformance::OnRuntime`, which runs each call of a store
 //!   built on tokio I/O (PostgreSQL, Redis) on a tokio runtime, so that the suite's own
 //!   executor can drive it.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod bench;
 pub mod conformance;
 pub mod faulty;
 mod gate;
