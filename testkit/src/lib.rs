@@ -93,7 +93,7 @@
 //!
 //! # Cargo features
 //!
-//! - `tokio` (off by default): [`bench`], what a store costs next to others, and
+//! - `tokio` (off by default): [`bench`](mod@bench), what a store costs next to others, and
 //!   `conformance::OnRuntime`, which runs each call of a store
 //!   built on tokio I/O (PostgreSQL, Redis) on a tokio runtime, so that the suite's own
 //!   executor can drive it.
