@@ -284,15 +284,18 @@ pub enum Decision {
 }
 
 /// Decides how to answer a request whose key already has a live, unclaimable record.
-pub fn decide(existing: &Record, fingerprint: &Fingerprint, now: Timestamp) -> Decision {
+///
+/// Takes the record by value: a replay moves its stored response out rather than copying
+/// it.
+pub fn decide(existing: Record, fingerprint: &Fingerprint, now: Timestamp) -> Decision {
     if existing.fingerprint != *fingerprint {
         return Decision::KeyReused;
     }
-    match &existing.state {
+    match existing.state {
         RecordState::InProgress { lease_until, .. } => Decision::InProgress {
             lease_left: lease_until.saturating_since(now),
         },
-        RecordState::Completed { response, .. } => Decision::Replay(response.clone()),
+        RecordState::Completed { response, .. } => Decision::Replay(response),
     }
 }
 
@@ -416,7 +419,7 @@ impl DurableRoute {
                 fence
             }
             Ok(ClaimOutcome::Existing(record)) => {
-                return self.answer_existing(&record_key, &record, &fingerprint, now);
+                return self.answer_existing(&record_key, record, &fingerprint, now);
             }
             Err(e) => {
                 error!(record = %record_key, error = %e, "store failed to claim");
@@ -438,14 +441,14 @@ impl DurableRoute {
     fn answer_existing(
         &self,
         record_key: &RecordKey,
-        record: &Record,
+        record: Record,
         fingerprint: &Fingerprint,
         now: Timestamp,
     ) -> Response<Bytes> {
         match decide(record, fingerprint, now) {
             Decision::Replay(stored) => {
                 debug!(record = %record_key, status = stored.status.as_u16(), "replay");
-                replay_response(&stored)
+                replay_response(stored)
             }
             Decision::InProgress { lease_left } => {
                 debug!(record = %record_key, ?lease_left, "request in progress");
