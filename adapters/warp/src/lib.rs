@@ -33,7 +33,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cnerium_core::DurableRoute;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -177,20 +177,31 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    let mut collected = BytesMut::new();
+    // Most bodies arrive in one chunk, which is taken as it is; a copy is made only to
+    // join a second one to it.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut read = 0;
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(BodyRead::Failed)?;
-        if collected.len() + chunk.remaining() > limit {
+        read += chunk.remaining();
+        if read > limit {
             return Err(BodyRead::TooLarge);
         }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            collected.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
+        if first.is_none() && joined.is_empty() {
+            first = Some(chunk.copy_to_bytes(chunk.remaining()));
+            continue;
         }
+        if let Some(first) = first.take() {
+            joined.reserve(read);
+            joined.extend_from_slice(&first);
+        }
+        joined.put(chunk);
     }
-    Ok(collected.freeze())
+    Ok(match first {
+        Some(only) => only,
+        None => joined.freeze(),
+    })
 }
 
 /// Most bytes of a refused body read and thrown away before answering.

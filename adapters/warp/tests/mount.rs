@@ -25,7 +25,8 @@ async fn start(body_limit: usize) -> TestService {
         .route("echo.create", move |request: DurableRequest| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
-                DurableResponse::created(serde_json::json!({"len": request.body().len()}))
+                let body = String::from_utf8_lossy(request.body()).into_owned();
+                DurableResponse::created(serde_json::json!({"len": body.len(), "body": body}))
             }
         })
         .with_body_limit(body_limit);
@@ -113,6 +114,25 @@ async fn chunked_body_over_the_limit_is_413_and_runs_nothing() {
         .unwrap();
     assert_eq!(ok.status(), 201, "the refused key was not stored");
     assert_eq!(service.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_body_sent_in_many_chunks_reaches_the_handler_whole_and_in_order() {
+    let service = start(1024).await;
+    let http = reqwest::Client::new();
+    let chunks = (b'a'..=b'h').map(|b| Ok::<_, Infallible>(Bytes::from(vec![b; 100])));
+    let response = http
+        .post(format!("http://{}/echo", service.addr))
+        .header("idempotency-key", "chunks-1")
+        .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let echoed: serde_json::Value = response.json().await.unwrap();
+    let expected: String = ('a'..='h').flat_map(|c| std::iter::repeat_n(c, 100)).collect();
+    assert_eq!(echoed["body"], expected.as_str());
+    assert_eq!(echoed["len"], 800);
 }
 
 #[tokio::test]
