@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde::Serialize;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -14,6 +15,10 @@ use crate::time::Timestamp;
 
 /// Longest event type and room name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 200;
+
+/// Deepest nesting of arrays and objects in a payload: the most `serde_json` reads into a
+/// [`Value`].
+pub const MAX_PAYLOAD_DEPTH: usize = 127;
 
 /// One application event, as stored with its record and as sent to clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,20 +31,223 @@ pub struct Event {
     /// Target room; `None` broadcasts to every connection.
     pub room: Option<String>,
     /// Application payload.
-    pub payload: Value,
+    pub payload: Payload,
     /// When the event was emitted.
     pub ts: Timestamp,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    room: Option<&'a str>,
-    payload: &'a Value,
-    ts: String,
+/// An event's payload: one JSON value, kept as its compact JSON text; clones share it.
+///
+/// The text is what every delivery sends and what stores write, so it is produced once,
+/// when the event is emitted, and never rebuilt. Stores keep events for the whole record
+/// retention and the engine clones them to publish after the commit: shared text makes
+/// those clones a reference count and keeps one allocation per payload, where a
+/// [`Value`] tree would allocate a node for every object and array.
+///
+/// [`Payload::new`] and [`Payload::from_json`] give only text that `serde_json` reads back
+/// into a [`Value`], and refuse anything else, such as nesting deeper than
+/// [`MAX_PAYLOAD_DEPTH`] levels.
+///
+/// Two payloads are equal when their texts are, or else when they hold equal values, so a
+/// payload read back from a store that reorders keys or rewrites escapes still equals the
+/// one written. Numbers compare by their digits, as `serde_json`'s `arbitrary_precision`
+/// keeps them: `1.50` and `1.5` differ.
+#[derive(Clone)]
+pub struct Payload {
+    json: Arc<str>,
+}
+
+impl Payload {
+    /// Serializes `value` straight to compact JSON text, without building a [`Value`].
+    ///
+    /// Struct fields keep their declaration order; map keys keep the map's order.
+    pub fn new(value: impl Serialize) -> Result<Self, serde_json::Error> {
+        let json = serde_json::to_string(&value)?;
+        // Serializing checks no depth, but reading does, and stores read payloads back.
+        // Anything else serde_json writes it also reads.
+        if nests_too_deep(json.as_bytes()) {
+            return Err(serde::ser::Error::custom(format!(
+                "the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+            )));
+        }
+        Ok(Self { json: json.into() })
+    }
+
+    /// Takes `text` as it is, after checking that it is exactly one JSON value.
+    ///
+    /// Refuses what `serde_json` would not read into a [`Value`]: anything but one value
+    /// with optional surrounding whitespace, lone surrogate escapes, and nesting deeper
+    /// than [`MAX_PAYLOAD_DEPTH`] levels.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        check_json(text)?;
+        Ok(Self { json: text.into() })
+    }
+
+    /// The compact JSON text of `value`.
+    ///
+    /// A tree nested deeper than [`MAX_PAYLOAD_DEPTH`] levels gives a payload that
+    /// [`to_value`] cannot read; [`new`] and [`from_json`] refuse such payloads.
+    ///
+    /// [`to_value`]: Payload::to_value
+    /// [`new`]: Payload::new
+    /// [`from_json`]: Payload::from_json
+    pub fn from_value(value: &Value) -> Self {
+        Self {
+            json: value.to_string().into(),
+        }
+    }
+
+    /// The JSON text, as sent in envelopes and written by stores.
+    pub fn as_json(&self) -> &str {
+        &self.json
+    }
+
+    /// The payload parsed into a tree, for code that needs its fields.
+    ///
+    /// # Panics
+    ///
+    /// If the payload came from [`Payload::from_value`] of a tree nested deeper than
+    /// [`MAX_PAYLOAD_DEPTH`] levels, which `serde_json` does not read back.
+    pub fn to_value(&self) -> Value {
+        self.try_to_value()
+            .expect("an event payload nests deeper than serde_json reads")
+    }
+
+    fn try_to_value(&self) -> Option<Value> {
+        serde_json::from_str(&self.json).ok()
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        if self.json == other.json {
+            return true;
+        }
+        match (self.try_to_value(), other.try_to_value()) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Payload {}
+
+impl PartialEq<Value> for Payload {
+    fn eq(&self, other: &Value) -> bool {
+        self.try_to_value().is_some_and(|value| value == *other)
+    }
+}
+
+impl PartialEq<Payload> for Value {
+    fn eq(&self, other: &Payload) -> bool {
+        other == self
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json)
+    }
+}
+
+/// Whether the JSON text `json` nests arrays and objects deeper than
+/// [`MAX_PAYLOAD_DEPTH`] levels.
+fn nests_too_deep(json: &[u8]) -> bool {
+    // Each level takes an opening and a closing byte.
+    if json.len() <= 2 * MAX_PAYLOAD_DEPTH {
+        return false;
+    }
+    let mut depth = 0_usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_PAYLOAD_DEPTH {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
+/// Checks that `text` is one JSON value `serde_json` reads into a [`Value`], without
+/// building the tree: [`JsonCheck`] goes through the same parser paths, with the same depth
+/// limit and string rules, and keeps nothing.
+fn check_json(text: &str) -> Result<(), serde_json::Error> {
+    serde_json::from_str::<JsonCheck>(text).map(|JsonCheck| ())
+}
+
+/// A JSON value that was read and dropped; see [`check_json`].
+struct JsonCheck;
+
+impl<'de> Deserialize<'de> for JsonCheck {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonCheck)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonCheck {
+    type Value = JsonCheck;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<JsonCheck>()?.is_some() {}
+        Ok(self)
+    }
+
+    // With `arbitrary_precision`, numbers arrive as one-entry maps holding their text.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<JsonCheck, JsonCheck>()?.is_some() {}
+        Ok(self)
+    }
 }
 
 impl Event {
@@ -58,14 +266,13 @@ impl Event {
         if let Some(room) = &room {
             validate_room(room)?;
         }
-        let payload =
-            serde_json::to_value(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
+        let payload = Payload::new(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
         let mut hasher = Sha256::new();
         hasher.update(kind.as_bytes());
         hasher.update([0]);
         hasher.update(room.as_deref().unwrap_or("").as_bytes());
         hasher.update([0]);
-        hasher.update(payload.to_string().as_bytes());
+        hasher.update(payload.as_json().as_bytes());
         hasher.update(ts.as_millis().to_be_bytes());
         let id = format!("evt_{}", hex::encode(&hasher.finalize()[..12]));
         Ok(Self {
@@ -78,17 +285,39 @@ impl Event {
     }
 
     /// The wire envelope: `{"id","type","room"?,"payload","ts"}` as one JSON text.
+    ///
+    /// The payload's text goes in as it is; the other fields are escaped as JSON strings.
     pub fn to_envelope(&self) -> String {
-        let envelope = Envelope {
-            id: &self.id,
-            kind: &self.kind,
-            room: self.room.as_deref(),
-            payload: &self.payload,
-            ts: self.ts.to_rfc3339(),
-        };
-        // Serializing strings and a JSON value into memory cannot fail.
-        serde_json::to_string(&envelope).expect("serializing an event envelope")
+        let ts = self.ts.to_rfc3339();
+        let payload = self.payload.as_json();
+        // Names, quotes and punctuation take 38 bytes, and 10 more with a room; escapes
+        // may add to that.
+        let room_len = self.room.as_ref().map_or(0, |room| room.len() + 10);
+        let mut out = Vec::with_capacity(
+            38 + self.id.len() + self.kind.len() + room_len + payload.len() + ts.len(),
+        );
+        out.extend_from_slice(br#"{"id":"#);
+        push_json_string(&mut out, &self.id);
+        out.extend_from_slice(br#","type":"#);
+        push_json_string(&mut out, &self.kind);
+        if let Some(room) = &self.room {
+            out.extend_from_slice(br#","room":"#);
+            push_json_string(&mut out, room);
+        }
+        out.extend_from_slice(br#","payload":"#);
+        out.extend_from_slice(payload.as_bytes());
+        out.extend_from_slice(br#","ts":"#);
+        push_json_string(&mut out, &ts);
+        out.push(b'}');
+        // Every part is UTF-8: strings escaped by serde_json and the payload's text.
+        String::from_utf8(out).expect("an event envelope is UTF-8")
     }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into memory cannot fail.
+    serde_json::to_writer(out, s).expect("serializing a string");
 }
 
 /// Why an event was refused at `emit`.
@@ -100,7 +329,8 @@ pub enum EmitError {
     InvalidType(String),
     /// The room is empty, too long, or holds control characters.
     InvalidRoom(String),
-    /// The payload could not be turned into JSON.
+    /// The payload could not be turned into JSON, or nests deeper than
+    /// [`MAX_PAYLOAD_DEPTH`] levels.
     Payload(String),
     /// The handler already returned; events emitted after that belong to no request.
     Closed,
@@ -199,8 +429,7 @@ impl EventStage {
         if let Some(room) = room {
             validate_room(room)?;
         }
-        let payload =
-            serde_json::to_value(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
+        let payload = Payload::new(payload).map_err(|e| EmitError::Payload(e.to_string()))?;
         let mut inner = self.lock();
         if inner.closed {
             return Err(EmitError::Closed);
@@ -325,11 +554,11 @@ mod tests {
 
     #[test]
     fn envelope_omits_room_for_broadcasts_and_keeps_nested_objects() {
-        let event = Event {
+        let mut event = Event {
             id: "evt_1".into(),
             kind: "order.created".into(),
             room: None,
-            payload: serde_json::json!({"order": {"id": "o1"}}),
+            payload: Payload::from_json(r#"{"order":{"id":"o1"}}"#).unwrap(),
             ts: Timestamp::from_millis(0),
         };
         let expected = concat!(
@@ -337,6 +566,185 @@ mod tests {
             r#""ts":"1970-01-01T00:00:00.000Z"}"#
         );
         assert_eq!(event.to_envelope(), expected);
+
+        event.room = Some("shop:\"42\"".into());
+        let expected = concat!(
+            r#"{"id":"evt_1","type":"order.created","room":"shop:\"42\"","#,
+            r#""payload":{"order":{"id":"o1"}},"ts":"1970-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(event.to_envelope(), expected);
+    }
+
+    #[test]
+    fn envelope_carries_the_payload_text_as_it_is() {
+        let text = r#"{"b":[1.50,12345678901234567890123],"a":"\u00e9"}"#;
+        let event = Event {
+            id: "evt_\u{1}".into(),
+            kind: "a.b".into(),
+            room: Some("r".into()),
+            payload: Payload::from_json(text).unwrap(),
+            ts: Timestamp::from_millis(1_764_788_709_123),
+        };
+        let envelope = event.to_envelope();
+        assert_eq!(
+            envelope,
+            format!(
+                concat!(
+                    r#"{{"id":"evt_\u0001","type":"a.b","room":"r","payload":{text},"#,
+                    r#""ts":"2025-12-03T19:05:09.123Z"}}"#
+                ),
+                text = text
+            )
+        );
+        let parsed: Value = serde_json::from_str(&envelope).unwrap();
+        assert_eq!(parsed["payload"], event.payload.to_value());
+    }
+
+    #[test]
+    fn payloads_of_structs_keep_their_field_order() {
+        #[derive(Serialize)]
+        struct Order {
+            quantity: u32,
+            id: &'static str,
+        }
+        let payload = Payload::new(Order {
+            quantity: 2,
+            id: "o1",
+        })
+        .unwrap();
+        assert_eq!(payload.as_json(), r#"{"quantity":2,"id":"o1"}"#);
+        assert_eq!(payload, serde_json::json!({"id": "o1", "quantity": 2}));
+        assert_eq!(format!("{payload:?}"), r#"{"quantity":2,"id":"o1"}"#);
+    }
+
+    #[test]
+    fn from_json_takes_exactly_one_value() {
+        for text in [
+            "",
+            " ",
+            "{",
+            "1 2",
+            "{} x",
+            "[1,]",
+            "{\"a\":1,}",
+            "01",
+            "'a'",
+            "nul",
+        ] {
+            assert!(Payload::from_json(text).is_err(), "{text:?} was taken");
+        }
+        for text in ["null", "0", "\"\"", "[]", "{}", " {\"a\": [true, null]} "] {
+            assert_eq!(Payload::from_json(text).unwrap().as_json(), text);
+        }
+    }
+
+    /// Arrays, and objects with a `"k"` member, alternating to `depth` levels around `0`.
+    fn nested(depth: usize) -> Value {
+        (0..depth).fold(Value::from(0), |inner, level| {
+            if level % 2 == 0 {
+                Value::Array(vec![inner])
+            } else {
+                serde_json::json!({ "k": inner })
+            }
+        })
+    }
+
+    #[test]
+    fn the_depth_limit_is_the_one_serde_json_reads() {
+        let text = |depth| nested(depth).to_string();
+        let deepest = (1..512)
+            .take_while(|&depth| serde_json::from_str::<Value>(&text(depth)).is_ok())
+            .last()
+            .unwrap();
+        assert_eq!(deepest, MAX_PAYLOAD_DEPTH);
+    }
+
+    #[test]
+    fn from_json_refuses_what_a_value_cannot_hold() {
+        assert!(Payload::from_json(r#""\ud800""#).is_err());
+        assert!(Payload::from_json("\"a\u{1}\"").is_err());
+        let text = |depth| nested(depth).to_string();
+        assert!(Payload::from_json(&text(MAX_PAYLOAD_DEPTH)).is_ok());
+        assert!(Payload::from_json(&text(MAX_PAYLOAD_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn new_refuses_payloads_too_deep_to_read_back() {
+        let payload = Payload::new(nested(MAX_PAYLOAD_DEPTH)).unwrap();
+        assert_eq!(payload.to_value(), nested(MAX_PAYLOAD_DEPTH));
+        let deep = nested(MAX_PAYLOAD_DEPTH + 1);
+        assert!(Payload::new(&deep).is_err());
+        assert!(matches!(
+            Event::new("a.b", None, &deep, Timestamp::EPOCH),
+            Err(EmitError::Payload(_))
+        ));
+
+        // Brackets inside strings, escaped quotes included, are not nesting.
+        let brackets = "[{".repeat(2 * MAX_PAYLOAD_DEPTH);
+        for text in [
+            brackets.clone(),
+            format!("\"{brackets}"),
+            format!("\\\"{brackets}"),
+        ] {
+            let payload = Payload::new(serde_json::json!([text])).unwrap();
+            assert_eq!(payload.to_value(), serde_json::json!([text]));
+        }
+        let after_a_string = serde_json::json!(["\\\"", nested(MAX_PAYLOAD_DEPTH)]);
+        assert!(Payload::new(after_a_string).is_err());
+    }
+
+    #[test]
+    fn payloads_are_equal_by_text_or_by_value() {
+        let a = Payload::from_json(r#"{"a":1,"b":2}"#).unwrap();
+        let b = Payload::from_json(r#"{"b":2,"a":1}"#).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(b, a);
+        assert_eq!(a, Payload::from_json(r#"{ "a": 1, "b": 2 }"#).unwrap());
+        assert_eq!(
+            Payload::from_json(r#""\u00e9""#).unwrap(),
+            Payload::from_json(r#""é""#).unwrap()
+        );
+        assert_eq!(a, Payload::from_value(&serde_json::json!({"b": 2, "a": 1})));
+        assert_eq!(a.clone(), a);
+
+        assert_ne!(a, Payload::from_json(r#"{"a":1,"b":3}"#).unwrap());
+        assert_ne!(a, Payload::from_json(r#"{"a":1}"#).unwrap());
+        assert_ne!(a, Payload::from_json(r#"[1,2]"#).unwrap());
+        assert_ne!(a, serde_json::json!({"a": 1}));
+        assert_ne!(
+            Payload::from_json("1.50").unwrap(),
+            Payload::from_json("1.5").unwrap()
+        );
+    }
+
+    #[test]
+    fn numbers_keep_their_digits() {
+        let text = r#"{"big":12345678901234567890123,"price":1.50,"exp":1e2}"#;
+        let payload = Payload::from_json(text).unwrap();
+        assert_eq!(payload.as_json(), text);
+        let value = payload.to_value();
+        assert_eq!(value["big"].to_string(), "12345678901234567890123");
+        assert_eq!(value["price"].to_string(), "1.50");
+        assert_eq!(value["exp"], Payload::from_json("1e2").unwrap());
+        assert_eq!(
+            Payload::from_value(&serde_json::json!({"x": [value["big"], value["price"]]}))
+                .as_json(),
+            r#"{"x":[12345678901234567890123,1.50]}"#
+        );
+        let big = Payload::new(12345678901234567890123_u128).unwrap();
+        assert_eq!(big.as_json(), "12345678901234567890123");
+    }
+
+    #[test]
+    fn event_ids_derive_from_the_payload_text() {
+        let id = |payload: &str| {
+            let payload = Payload::from_json(payload).unwrap().to_value();
+            Event::new("a.b", None, payload, Timestamp::EPOCH)
+                .unwrap()
+                .id
+        };
+        assert_eq!(id(r#"{"n":1}"#), id(r#"{"n":1}"#));
+        assert_ne!(id(r#"{"n":1}"#), id(r#"{"n":2}"#));
     }
 
     #[test]

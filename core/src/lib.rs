@@ -27,7 +27,7 @@ pub use async_trait::async_trait;
 pub use engine::{
     BoxError, Decision, DurableRoute, Engine, EngineConfig, Handler, IntoHandlerResult, decide,
 };
-pub use event::{DiscardEvents, EmitError, Event, EventSink, PublishError};
+pub use event::{DiscardEvents, EmitError, Event, EventSink, Payload, PublishError};
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError};
 pub use request::{BodyError, DurableRequest, Emitter};

@@ -73,7 +73,7 @@ fn a_handler_hanging_past_its_lease_loses_to_the_retry() {
     let runs: Vec<u64> = sim
         .events()
         .iter()
-        .map(|e| e.payload["run"].as_u64().unwrap())
+        .map(|e| e.payload.to_value()["run"].as_u64().unwrap())
         .collect();
     assert_eq!(
         runs,

@@ -35,7 +35,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use cnerium_core::{
-    Event, Fence, Fingerprint, Record, RecordKey, RecordState, StoredResponse, Timestamp,
+    Event, Fence, Fingerprint, Payload, Record, RecordKey, RecordState, StoredResponse, Timestamp,
 };
 use http::{HeaderName, HeaderValue, StatusCode};
 
@@ -405,7 +405,7 @@ fn encode_record(out: &mut Vec<u8>, record: &RecordEntry) -> Result<(), FormatEr
             }
             None => out.push(0),
         }
-        push_bytes(out, event.payload.to_string().as_bytes())?;
+        push_bytes(out, event.payload.as_json().as_bytes())?;
         out.extend_from_slice(&event.ts.as_millis().to_le_bytes());
     }
     Ok(())
@@ -529,8 +529,10 @@ fn decode_record(r: &mut Reader<'_>) -> Result<RecordEntry, FormatError> {
             1 => Some(r.string()?),
             _ => return Err(FormatError::Malformed("invalid room tag")),
         };
-        let payload = serde_json::from_slice(r.bytes()?)
-            .map_err(|_| FormatError::Malformed("event payload is not json"))?;
+        let payload = std::str::from_utf8(r.bytes()?)
+            .ok()
+            .and_then(|text| Payload::from_json(text).ok())
+            .ok_or(FormatError::Malformed("event payload is not json"))?;
         let ts = Timestamp::from_millis(r.u64()?);
         events.push(Event {
             id,
@@ -762,7 +764,7 @@ mod tests {
                 id: "evt_1".into(),
                 kind: "order.created".into(),
                 room: Some("orders".into()),
-                payload: serde_json::json!({"n": 12345678901234567890123_u128.to_string()}),
+                payload: Payload::from_json(r#"{"n":12345678901234567890123,"a":[1.50]}"#).unwrap(),
                 ts: Timestamp::from_millis(2_000),
             }],
             events_published: false,
@@ -774,6 +776,30 @@ mod tests {
         let entry = Entry::Record(Box::new(sample()));
         let bytes = encode_frame(&entry).unwrap();
         assert_eq!(decode_frame(&bytes).unwrap(), entry);
+    }
+
+    #[test]
+    fn event_payloads_are_kept_as_their_json_text() {
+        let record = sample();
+        let text = record.events[0].payload.as_json().to_owned();
+        let mut payload = encode_payload(&Entry::Record(Box::new(record))).unwrap();
+        let at = payload
+            .windows(text.len())
+            .position(|w| w == text.as_bytes())
+            .expect("the payload text is written as it is");
+        let Entry::Record(decoded) = decode_payload(&payload).unwrap() else {
+            panic!("not a record");
+        };
+        assert_eq!(decoded.events[0].payload.as_json(), text);
+
+        // Same length, no longer one JSON value, then no longer UTF-8.
+        for byte in [b' ', 0xff] {
+            payload[at + text.len() - 1] = byte;
+            assert_eq!(
+                decode_payload(&payload),
+                Err(FormatError::Malformed("event payload is not json"))
+            );
+        }
     }
 
     #[test]

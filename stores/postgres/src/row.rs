@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use cnerium_core::{
-    Event, Fence, Fingerprint, Record, RecordState, StoreError, StoredResponse, Timestamp,
+    Event, Fence, Fingerprint, Payload, Record, RecordState, StoreError, StoredResponse, Timestamp,
 };
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ pub(crate) struct StoredEvent {
     kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     room: Option<String>,
+    /// The payload inline in the stored JSON, where serde can put it only as a tree.
     payload: Value,
     /// Milliseconds since the Unix epoch.
     ts: u64,
@@ -29,7 +30,7 @@ impl StoredEvent {
             id: event.id.clone(),
             kind: event.kind.clone(),
             room: event.room.clone(),
-            payload: event.payload.clone(),
+            payload: event.payload.to_value(),
             ts: event.ts.as_millis(),
         }
     }
@@ -39,7 +40,7 @@ impl StoredEvent {
             id: self.id,
             kind: self.kind,
             room: self.room,
-            payload: self.payload,
+            payload: Payload::from_value(&self.payload),
             ts: Timestamp::from_millis(self.ts),
         }
     }
@@ -209,12 +210,17 @@ mod tests {
             id: "evt_1".into(),
             kind: "order.created".into(),
             room: Some("orders".into()),
-            payload: serde_json::json!({"n": 12345678901234567890123_u128, "x": [1.5]}),
+            payload: Payload::from_json(r#"{"x":[1.5,1.50],"n":12345678901234567890123}"#).unwrap(),
             ts: Timestamp::from_millis(1_764_788_709_123),
         };
         let text = serde_json::to_string(&StoredEvent::from_event(&event)).unwrap();
         let back: StoredEvent = serde_json::from_str(&text).unwrap();
-        assert_eq!(back.into_event(), event);
+        let back = back.into_event();
+        assert_eq!(back, event);
+        assert_eq!(
+            back.payload.as_json(),
+            r#"{"n":12345678901234567890123,"x":[1.5,1.50]}"#
+        );
     }
 
     #[test]

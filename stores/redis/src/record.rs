@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use cnerium_core::{
-    Event, Fence, Fingerprint, Record, RecordKey, RecordState, StoreError, StoredResponse,
+    Event, Fence, Fingerprint, Payload, Record, RecordKey, RecordState, StoreError, StoredResponse,
     Timestamp,
 };
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -70,6 +70,7 @@ pub(crate) struct StoredEvent {
     kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     room: Option<String>,
+    /// The payload inline in the stored JSON, where serde can put it only as a tree.
     payload: Value,
     /// Milliseconds since the Unix epoch.
     ts: u64,
@@ -81,7 +82,7 @@ impl StoredEvent {
             id: event.id.clone(),
             kind: event.kind.clone(),
             room: event.room.clone(),
-            payload: event.payload.clone(),
+            payload: event.payload.to_value(),
             ts: event.ts.as_millis(),
         }
     }
@@ -91,7 +92,7 @@ impl StoredEvent {
             id: self.id,
             kind: self.kind,
             room: self.room,
-            payload: self.payload,
+            payload: Payload::from_value(&self.payload),
             ts: Timestamp::from_millis(self.ts),
         }
     }
@@ -236,10 +237,15 @@ mod tests {
             id: "evt_1".into(),
             kind: "order.created".into(),
             room: Some("orders".into()),
-            payload: serde_json::json!({"n": 12345678901234567890123_u128, "x": [1.50]}),
+            payload: Payload::from_json(r#"{"x":[1.50],"n":12345678901234567890123}"#).unwrap(),
             ts: Timestamp::from_millis(1_764_788_709_123),
         }];
-        assert_eq!(decode_events(&encode_events(&events)).unwrap(), events);
+        let back = decode_events(&encode_events(&events)).unwrap();
+        assert_eq!(back, events);
+        assert_eq!(
+            back[0].payload.as_json(),
+            r#"{"n":12345678901234567890123,"x":[1.50]}"#
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use cnerium_core::async_trait;
 use cnerium_core::event::{validate_kind, validate_room};
-use cnerium_core::{EmitError, Event, EventSink, PublishError, Timestamp};
+use cnerium_core::{EmitError, Event, EventSink, Payload, PublishError, Timestamp};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, PubSubStream};
 use serde::Deserialize;
@@ -294,7 +294,7 @@ pub fn event_from_envelope(bytes: &[u8]) -> Result<Event, EnvelopeError> {
         id: envelope.id,
         kind: envelope.kind,
         room: envelope.room,
-        payload: envelope.payload,
+        payload: Payload::from_value(&envelope.payload),
         ts: Timestamp::from_system_time(ts),
     })
 }
@@ -308,7 +308,8 @@ mod tests {
             id: "evt_1".into(),
             kind: "order.created".into(),
             room: room.map(str::to_owned),
-            payload: serde_json::json!({"order": {"id": "o1"}, "n": 12345678901234567890123_u128}),
+            payload: Payload::from_json(r#"{"order":{"id":"o1"},"n":12345678901234567890123}"#)
+                .unwrap(),
             ts: Timestamp::from_millis(1_764_788_709_123),
         }
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cnerium_core::{
-    ClaimOutcome, ClaimRequest, Completion, Event, Fence, Fingerprint, IdempotencyKey, RecordKey,
-    Scope, Store, StoredResponse, Timestamp,
+    ClaimOutcome, ClaimRequest, Completion, Event, Fence, Fingerprint, IdempotencyKey, Payload,
+    RecordKey, Scope, Store, StoredResponse, Timestamp,
 };
 use cnerium_store_file::{FileStore, FileStoreOptions};
 use futures_executor::block_on;
@@ -64,7 +64,10 @@ pub fn event(id: &str, now: Timestamp) -> Event {
         id: id.into(),
         kind: "order.created".into(),
         room: Some("orders".into()),
-        payload: serde_json::json!({"order": {"id": id, "amount": 12345678901234567890_u64}}),
+        payload: Payload::new(serde_json::json!({
+            "order": {"id": id, "amount": 12345678901234567890_u64}
+        }))
+        .unwrap(),
         ts: now,
     }
 }

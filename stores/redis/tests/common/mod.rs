@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cnerium_core::{
-    ClaimRequest, Completion, Event, Fingerprint, IdempotencyKey, RecordKey, Scope, StoredResponse,
-    Timestamp,
+    ClaimRequest, Completion, Event, Fingerprint, IdempotencyKey, Payload, RecordKey, Scope,
+    StoredResponse, Timestamp,
 };
 use cnerium_store_redis::{RedisOptions, RedisStore};
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -104,11 +104,11 @@ pub fn event(kind: &str, room: Option<&str>, n: u64) -> Event {
         id: format!("evt_{kind}_{n}"),
         kind: kind.to_owned(),
         room: room.map(str::to_owned),
-        payload: serde_json::json!({
+        payload: Payload::from_value(&serde_json::json!({
             "n": n,
             "nested": {"ok": true},
             "big": 12345678901234567890123_u128,
-        }),
+        })),
         ts: Timestamp::from_millis(T0.as_millis() + n),
     }
 }
