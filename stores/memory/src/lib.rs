@@ -343,9 +343,10 @@ impl MemoryStore {
     /// The hash of `key` and its shard, locked.
     fn shard(&self, key: &RecordKey) -> (u64, MutexGuard<'_, Shard>) {
         let hash = self.hasher.hash_one(key);
-        // The table uses the low bits of the hash for its buckets; the shard takes the
-        // high ones, so that each shard's table still sees well spread hashes.
-        let index = (hash >> 59) as usize % self.shards.len();
+        // The table picks buckets with the low bits of the hash and tells keys in a bucket
+        // group apart by the top seven; the shard takes bits from the middle, which
+        // neither uses, so that each shard's table still sees well spread hashes in both.
+        let index = (hash >> 32) as usize % self.shards.len();
         (hash, lock(&self.shards[index]))
     }
 }
