@@ -407,7 +407,7 @@ struct StageInner {
 impl EventStage {
     pub(crate) fn new(key: &RecordKey, fence: Fence, ts: Timestamp) -> Self {
         let mut id_prefix = Sha256::new();
-        id_prefix.update(key.encode());
+        key.encode_into(|bytes| id_prefix.update(bytes));
         id_prefix.update(fence.0.to_be_bytes());
         Self {
             inner: Arc::new(Mutex::new(StageInner {
@@ -438,6 +438,10 @@ impl EventStage {
         hasher.update((inner.events.len() as u64).to_be_bytes());
         let id = format!("evt_{}", hex::encode(&hasher.finalize()[..12]));
         let ts = inner.ts;
+        if inner.events.capacity() == 0 {
+            // Most handlers emit one event; room for exactly one spares `close` a copy.
+            inner.events.reserve_exact(1);
+        }
         inner.events.push(Event {
             id,
             kind: kind.to_owned(),
@@ -760,6 +764,27 @@ mod tests {
         assert_eq!(first, ids(1));
         assert_ne!(first[0], first[1]);
         assert_ne!(first, ids(2));
+    }
+
+    #[test]
+    fn staged_ids_hash_the_record_key_encoding_then_fence_then_position() {
+        let key = RecordKey::new(
+            Scope::with_caller("orders.create", "tenant"),
+            IdempotencyKey::new("k-1").unwrap(),
+        );
+        let stage = EventStage::new(&key, Fence(7), Timestamp::EPOCH);
+        stage.stage(None, "a.b", 1).unwrap();
+        stage.stage(None, "a.b", 2).unwrap();
+        let events = stage.close();
+        for (position, event) in events.iter().enumerate() {
+            let mut hasher = Sha256::new();
+            hasher.update(key.encode());
+            hasher.update(7u64.to_be_bytes());
+            hasher.update((position as u64).to_be_bytes());
+            let expected = format!("evt_{}", hex::encode(&hasher.finalize()[..12]));
+            assert_eq!(event.id, expected);
+        }
+        assert_eq!(events.capacity(), 2);
     }
 
     #[test]

@@ -23,7 +23,9 @@ impl IdempotencyKey {
     /// Fails when the header is absent, sent more than once, or its value is neither a valid
     /// bare token nor a valid RFC 9651 string of 1 to 255 characters.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, KeyError> {
-        let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+        // A `HeaderName` constant spares parsing the name on every lookup.
+        const NAME: http::HeaderName = http::HeaderName::from_static(IDEMPOTENCY_KEY);
+        let mut values = headers.get_all(NAME).iter();
         let Some(value) = values.next() else {
             return Err(KeyError::Missing);
         };

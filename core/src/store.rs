@@ -95,16 +95,22 @@ impl RecordKey {
                 + self.scope.caller.as_ref().map_or(0, |c| c.len())
                 + self.key.as_str().len(),
         );
+        self.encode_into(|bytes| out.extend_from_slice(bytes));
+        out
+    }
+
+    /// Hands the bytes of [`RecordKey::encode`] to `out` piece by piece, for a caller that
+    /// hashes them rather than keeping them.
+    pub(crate) fn encode_into(&self, mut out: impl FnMut(&[u8])) {
         push_part(&mut out, self.scope.operation.as_bytes());
         match &self.scope.caller {
             Some(caller) => {
-                out.push(1);
+                out(&[1]);
                 push_part(&mut out, caller.as_bytes());
             }
-            None => out.push(0),
+            None => out(&[0]),
         }
         push_part(&mut out, self.key.as_str().as_bytes());
-        out
     }
 
     /// Reverses [`RecordKey::encode`]; `None` when `bytes` is not such an encoding.
@@ -143,9 +149,9 @@ impl fmt::Display for RecordKey {
     }
 }
 
-fn push_part(out: &mut Vec<u8>, part: &[u8]) {
-    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-    out.extend_from_slice(part);
+fn push_part(out: &mut impl FnMut(&[u8]), part: &[u8]) {
+    out(&(part.len() as u32).to_be_bytes());
+    out(part);
 }
 
 fn take_part(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
