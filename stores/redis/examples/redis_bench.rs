@@ -1,7 +1,7 @@
 //! Round-trips and throughput of the Redis store, next to the in-memory store.
 //!
 //! ```text
-//! cargo run --release -p cnerium-store-redis --example bench -- [OPS] [CONCURRENCY] [URL]
+//! cargo run --release -p cnerium-store-redis --example redis_bench -- [OPS] [CONCURRENCY] [URL]
 //! ```
 //!
 //! Uses (and deletes) the keys under `cnerium-bench:`. Prints figures only; nothing is

@@ -1,7 +1,7 @@
 //! Round-trips and throughput of the PostgreSQL store, next to the in-memory store.
 //!
 //! ```text
-//! cargo run --release -p cnerium-store-postgres --example bench -- [OPS] [CONCURRENCY] [URL]
+//! cargo run --release -p cnerium-store-postgres --example postgres_bench -- [OPS] [CONCURRENCY] [URL]
 //! ```
 //!
 //! Uses (and drops) the schema `cnerium_bench`. Prints figures only; nothing is asserted.
