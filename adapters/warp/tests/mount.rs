@@ -130,7 +130,9 @@ async fn a_body_sent_in_many_chunks_reaches_the_handler_whole_and_in_order() {
         .unwrap();
     assert_eq!(response.status(), 201);
     let echoed: serde_json::Value = response.json().await.unwrap();
-    let expected: String = ('a'..='h').flat_map(|c| std::iter::repeat_n(c, 100)).collect();
+    let expected: String = ('a'..='h')
+        .flat_map(|c| std::iter::repeat_n(c, 100))
+        .collect();
     assert_eq!(echoed["body"], expected.as_str());
     assert_eq!(echoed["len"], 800);
 }
