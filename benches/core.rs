@@ -18,15 +18,24 @@
 //!   on a JSON body (canonicalized) and on the same bytes sent as non-JSON.
 //! - `store/claim`, `store/complete`, `store/claim_existing`: the in-memory store's calls
 //!   alone, with a body of the given size stored.
+//! - `orders/plain`, `orders/first`, `orders/replay`: the orders example's handler
+//!   (`examples/shared/orders.rs`) with its event published to a realtime hub that has
+//!   no client: its steps run without the engine, as the HTTP benchmark's plain route runs
+//!   them; through a durable route with a new key each time; and replaying one of 1,024
+//!   stored requests. The same comparison as the HTTP benchmark's, without HTTP.
 //!
 //! `scripts/bench.sh` reads criterion's estimates afterwards and prints the fingerprint's
 //! share of each engine figure.
+
+#[path = "../examples/shared/orders.rs"]
+mod orders;
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cnerium::realtime::{Hub, RealtimeConfig};
 use cnerium::stores::MemoryStore;
 use cnerium::{
     ClaimOutcome, ClaimRequest, Completion, DiscardEvents, DurableRequest, DurableRoute, Engine,
@@ -263,11 +272,80 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
+/// The orders route of the examples over a fresh in-memory store, publishing to `hub`.
+fn orders_route(hub: &Hub) -> DurableRoute {
+    let engine = Engine::with_parts(
+        Arc::new(MemoryStore::new()),
+        Arc::new(hub.clone()),
+        Arc::new(clock),
+        EngineConfig::default(),
+    );
+    engine.route(orders::CREATE_ORDER, orders::create_order)
+}
+
+fn orders(c: &mut Criterion) {
+    const STORED: usize = 1024;
+    let mut group = c.benchmark_group("orders");
+    group.throughput(Throughput::Elements(1));
+    let hub = Hub::new(RealtimeConfig::default());
+    let body = json_body(0);
+    let stored: Vec<String> = (0..STORED).map(|i| format!("stored-{i:06}")).collect();
+
+    group.bench_function("plain", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i += 1;
+            let key = &stored[i % STORED];
+            orders::create_order_without_engine(key, black_box(&body), clock(), |event| {
+                hub.publish_event(event);
+            })
+        });
+    });
+    group.bench_function("first", |b| {
+        b.iter_custom(|iters| {
+            let route = orders_route(&hub);
+            let requests: Vec<_> = (0..iters)
+                .map(|i| request(&format!("key-{i:012}"), &body))
+                .collect();
+            block_on(async {
+                let start = Instant::now();
+                for request in requests {
+                    black_box(route.handle(request).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let route = orders_route(&hub);
+    for key in &stored {
+        let first = block_on(route.handle(request(key, &body)));
+        assert_eq!(first.status(), StatusCode::CREATED);
+    }
+    group.bench_function("replay", |b| {
+        b.iter_custom(|iters| {
+            let requests: Vec<_> = (0..iters as usize)
+                .map(|i| request(&stored[i % STORED], &body))
+                .collect();
+            block_on(async {
+                let start = Instant::now();
+                for request in requests {
+                    let response = route.handle(request).await;
+                    debug_assert_eq!(response.headers()["idempotent-replayed"], "true");
+                    black_box(response);
+                }
+                start.elapsed()
+            })
+        });
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = engine, fingerprint, store
+    targets = engine, fingerprint, store, orders
 }
 criterion_main!(benches);

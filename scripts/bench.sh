@@ -4,7 +4,8 @@
 #   bash scripts/bench.sh            # all five: core, http, memory, fanout, file
 #   bash scripts/bench.sh http core  # some of them
 #
-#   core    criterion: claim, complete, replay and the fingerprint, without HTTP
+#   core    criterion: claim, complete, replay and the fingerprint, without HTTP; the
+#           orders handler with and without the engine
 #   http    durable route against a plain warp route, 64 keep-alive connections
 #   memory  bytes per record of the in-memory store for a 200-byte response
 #   fanout  time from publish until each of 10,000 WebSocket clients has the event
@@ -96,6 +97,12 @@ for name in ("claim", "complete/orders", "complete/1KiB", "complete/64KiB",
              "claim_existing/orders",
              "claim_existing/1KiB", "claim_existing/64KiB"):
     print(f"store/{name}: {show(median_ns('store', *name.split('/')))}")
+plain = median_ns("orders", "plain")
+for kind in ("first", "replay"):
+    durable = median_ns("orders", kind)
+    rate = f"{plain / durable:.2f}" if plain and durable else "n/a"
+    print(f"orders/{kind}: {show(durable)} per request against {show(plain)} for the same "
+          f"handler without the engine (orders/plain): durable/plain rate {rate}")
 EOF
             ;;
         http)

@@ -46,8 +46,7 @@ use clap::{Parser, ValueEnum};
 use cnerium::realtime::{Hub, RealtimeConfig};
 use cnerium::stores::{FileStore, MemoryStore};
 use cnerium::warp::{durable_post, problem_rejections};
-use cnerium::{Clock, Engine, EngineConfig, Event, Store, SystemClock};
-use http::Response;
+use cnerium::{Clock, Engine, EngineConfig, Store, SystemClock};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -56,7 +55,7 @@ use tokio::sync::{Barrier, oneshot};
 use warp::Filter;
 use warp::reply::Reply;
 
-use crate::orders::{CREATE_ORDER, Order, create_order};
+use crate::orders::{CREATE_ORDER, create_order};
 
 /// HTTP throughput and latency of a durable route against a plain one.
 #[derive(Debug, Parser)]
@@ -343,7 +342,10 @@ impl Server {
                     .and(warp::body::content_length_limit(1024 * 1024))
                     .and(warp::body::bytes())
                     .map(move |key: Option<String>, body: Bytes| {
-                        plain_order(&hub, key.as_deref().unwrap_or(""), &body)
+                        let key = key.as_deref().unwrap_or("");
+                        orders::create_order_without_engine(key, &body, SystemClock.now(), |e| {
+                            hub.publish_event(e);
+                        })
                     });
                 let routes = durable
                     .map(Reply::into_response)
@@ -372,28 +374,6 @@ impl Server {
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
-}
-
-/// The orders handler's steps without the engine: validate, publish, answer.
-fn plain_order(hub: &Hub, key: &str, body: &[u8]) -> Response<Bytes> {
-    let value = match orders::parse_body(body) {
-        Ok(value) => value,
-        Err(refused) => return refused.response().into_http(),
-    };
-    let order = match Order::validate(&value) {
-        Ok(order) => order,
-        Err(refused) => return refused.response().into_http(),
-    };
-    let order_id = orders::order_id(key);
-    if let Ok(event) = Event::new(
-        "order.created",
-        None,
-        order.event(&order_id),
-        SystemClock.now(),
-    ) {
-        hub.publish_event(&event);
-    }
-    order.created(&order_id).into_http()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

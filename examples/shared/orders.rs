@@ -4,7 +4,9 @@
 //! Its steps are public, so that a route without the engine (the plain route of the HTTP
 //! benchmark) runs the same code as the durable one.
 
-use cnerium::{DurableRequest, DurableResponse, EmitError};
+use bytes::Bytes;
+use cnerium::{DurableRequest, DurableResponse, EmitError, Event, Timestamp};
+use http::Response;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -108,4 +110,29 @@ pub async fn create_order(request: DurableRequest) -> Result<DurableResponse, Em
     let order_id = order_id(request.idempotency_key().as_str());
     request.emit("order.created", order.event(&order_id))?;
     Ok(order.created(&order_id))
+}
+
+/// The same steps without the engine, as a plain route runs them: validate, publish the
+/// event through `publish` at once, answer. A retry creates the order again.
+// The services include this file too and have no plain route.
+#[allow(dead_code)]
+pub fn create_order_without_engine(
+    key: &str,
+    body: &[u8],
+    now: Timestamp,
+    publish: impl FnOnce(&Event),
+) -> Response<Bytes> {
+    let value = match parse_body(body) {
+        Ok(value) => value,
+        Err(refused) => return refused.response().into_http(),
+    };
+    let order = match Order::validate(&value) {
+        Ok(order) => order,
+        Err(refused) => return refused.response().into_http(),
+    };
+    let order_id = order_id(key);
+    if let Ok(event) = Event::new("order.created", None, order.event(&order_id), now) {
+        publish(&event);
+    }
+    order.created(&order_id).into_http()
 }
