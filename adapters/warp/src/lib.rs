@@ -38,7 +38,6 @@ use cnerium_core::DurableRoute;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use tracing::{error, trace};
-use warp::filters::BoxedFilter;
 use warp::{Filter, Rejection};
 
 /// A filter that runs `route` for POST requests and answers every outcome itself.
@@ -47,7 +46,9 @@ use warp::{Filter, Rejection};
 /// Requests with another method are rejected as warp's "method not allowed", so that other
 /// routes on the same path still match; [`problem_rejections`] turns that into a 405
 /// problem.
-pub fn durable(route: DurableRoute) -> BoxedFilter<(Response<Bytes>,)> {
+pub fn durable(
+    route: DurableRoute,
+) -> impl Filter<Extract = (Response<Bytes>,), Error = Rejection> + Clone + Send + Sync + 'static {
     warp::post()
         .and(warp::path::full())
         .and(raw_query())
@@ -59,16 +60,17 @@ pub fn durable(route: DurableRoute) -> BoxedFilter<(Response<Bytes>,)> {
                 async move { run(route, path.as_str(), &query, headers, body).await }
             },
         )
-        .boxed()
 }
 
 /// The same as [`durable`], mounted on the single path segment `segment`
 /// (`durable_post("orders", route)` serves `POST /orders`).
-pub fn durable_post(segment: &'static str, route: DurableRoute) -> BoxedFilter<(Response<Bytes>,)> {
+pub fn durable_post(
+    segment: &'static str,
+    route: DurableRoute,
+) -> impl Filter<Extract = (Response<Bytes>,), Error = Rejection> + Clone + Send + Sync + 'static {
     warp::path(segment)
         .and(warp::path::end())
         .and(durable(route))
-        .boxed()
 }
 
 fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
