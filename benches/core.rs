@@ -108,9 +108,8 @@ fn route() -> DurableRoute {
     })
 }
 
-/// Runs `iters` first requests on a store that starts empty, each with a new key.
-fn first_requests(iters: u64, body: &Bytes) -> Duration {
-    let route = route();
+/// Runs `iters` first requests through `route`, each with a new key.
+fn first_requests(iters: u64, route: &DurableRoute, body: &Bytes) -> Duration {
     let requests: Vec<_> = (0..iters)
         .map(|i| request(&format!("key-{i:012}"), body))
         .collect();
@@ -123,9 +122,11 @@ fn first_requests(iters: u64, body: &Bytes) -> Duration {
     })
 }
 
-/// Runs `iters` retries of one stored request.
-fn replays(iters: u64, route: &DurableRoute, body: &Bytes) -> Duration {
-    let requests: Vec<_> = (0..iters).map(|_| request("key-stored", body)).collect();
+/// Runs `iters` retries of requests stored under `keys`, taking the keys in turn.
+fn replays(iters: u64, route: &DurableRoute, keys: &[String], body: &Bytes) -> Duration {
+    let requests: Vec<_> = (0..iters as usize)
+        .map(|i| request(&keys[i % keys.len()], body))
+        .collect();
     block_on(async {
         let start = Instant::now();
         for request in requests {
@@ -141,7 +142,7 @@ fn engine(c: &mut Criterion) {
         let body = json_body(size);
         group.throughput(Throughput::Elements(1));
         group.bench_with_input(BenchmarkId::new("first", name), &body, |b, body| {
-            b.iter_custom(|iters| first_requests(iters, body));
+            b.iter_custom(|iters| first_requests(iters, &route(), body));
         });
 
         let route = route();
@@ -150,7 +151,7 @@ fn engine(c: &mut Criterion) {
         let retry = block_on(route.handle(request("key-stored", &body)));
         assert_eq!(retry.headers()["idempotent-replayed"], "true");
         group.bench_with_input(BenchmarkId::new("replay", name), &body, |b, body| {
-            b.iter_custom(|iters| replays(iters, &route, body));
+            b.iter_custom(|iters| replays(iters, &route, &["key-stored".to_owned()], body));
         });
     }
     group.finish();
@@ -302,19 +303,7 @@ fn orders(c: &mut Criterion) {
         });
     });
     group.bench_function("first", |b| {
-        b.iter_custom(|iters| {
-            let route = orders_route(&hub);
-            let requests: Vec<_> = (0..iters)
-                .map(|i| request(&format!("key-{i:012}"), &body))
-                .collect();
-            block_on(async {
-                let start = Instant::now();
-                for request in requests {
-                    black_box(route.handle(request).await);
-                }
-                start.elapsed()
-            })
-        });
+        b.iter_custom(|iters| first_requests(iters, &orders_route(&hub), &body));
     });
 
     let route = orders_route(&hub);
@@ -323,20 +312,7 @@ fn orders(c: &mut Criterion) {
         assert_eq!(first.status(), StatusCode::CREATED);
     }
     group.bench_function("replay", |b| {
-        b.iter_custom(|iters| {
-            let requests: Vec<_> = (0..iters as usize)
-                .map(|i| request(&stored[i % STORED], &body))
-                .collect();
-            block_on(async {
-                let start = Instant::now();
-                for request in requests {
-                    let response = route.handle(request).await;
-                    debug_assert_eq!(response.headers()["idempotent-replayed"], "true");
-                    black_box(response);
-                }
-                start.elapsed()
-            })
-        });
+        b.iter_custom(|iters| replays(iters, &route, &stored, &body));
     });
     group.finish();
 }
