@@ -29,6 +29,29 @@ use crate::faulty::{FaultyStore, StoreMethod};
 
 const T0: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 
+/// The command line of a store benchmark: `[OPS] [CONCURRENCY] [URL]`, each optional.
+#[derive(Clone, Debug)]
+pub struct Args {
+    /// Operations of each kind; 2,000 when not given.
+    pub ops: usize,
+    /// Concurrent tasks; 16 when not given.
+    pub concurrency: usize,
+    /// Where the store's server is; `default_url` when not given.
+    pub url: String,
+}
+
+impl Args {
+    /// Reads the process's arguments.
+    pub fn from_env(default_url: &str) -> Result<Self, std::num::ParseIntError> {
+        let mut args = std::env::args().skip(1);
+        Ok(Self {
+            ops: args.next().map_or(Ok(2000), |a| a.parse())?,
+            concurrency: args.next().map_or(Ok(16), |a| a.parse())?,
+            url: args.next().unwrap_or_else(|| default_url.to_owned()),
+        })
+    }
+}
+
 /// Prints the calls per request and the throughput of each named store, `ops` operations
 /// of each kind from `concurrency` tokio tasks. Call it on a tokio runtime; the stores must
 /// be empty of the keys `bench.create`/`<name>-<n>`.

@@ -16,12 +16,8 @@ const SCHEMA: &str = "cnerium_bench";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let ops: usize = args.next().map_or(Ok(2000), |a| a.parse())?;
-    let concurrency: usize = args.next().map_or(Ok(16), |a| a.parse())?;
-    let url = args
-        .next()
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let args = cnerium_testkit::bench::Args::from_env("postgres://postgres@127.0.0.1:5432/test")?;
+    let (ops, concurrency, url) = (args.ops, args.concurrency, args.url);
 
     drop_schema(&url).await?;
     let options = PostgresOptions::new()

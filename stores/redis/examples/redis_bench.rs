@@ -17,12 +17,8 @@ const PREFIX: &str = "cnerium-bench:";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let ops: usize = args.next().map_or(Ok(2000), |a| a.parse())?;
-    let concurrency: usize = args.next().map_or(Ok(16), |a| a.parse())?;
-    let url = args
-        .next()
-        .unwrap_or_else(|| "redis://127.0.0.1:6379/".to_owned());
+    let args = cnerium_testkit::bench::Args::from_env("redis://127.0.0.1:6379/")?;
+    let (ops, concurrency, url) = (args.ops, args.concurrency, args.url);
 
     delete_keys(&url).await?;
     let options = RedisOptions::new().key_prefix(PREFIX);
