@@ -32,6 +32,10 @@
 //! to `DurableRoute::handle` itself, without the `cnerium-warp` adapter (which reads the
 //! body as a stream and runs the engine in a task of its own). The gap between it and the
 //! durable route is the adapter's cost; between it and the plain route, the engine's.
+//!
+//! With `--only <route>`, one route runs alone, for a profiler: `valgrind
+//! --tool=callgrind` on `--only durable` and on `--only plain` counts the instructions
+//! each route costs per request.
 
 #[path = "../shared/orders.rs"]
 mod orders;
@@ -97,6 +101,11 @@ struct Args {
     #[arg(long)]
     direct: bool,
 
+    /// Measure this route alone, for a profiler to see one route's requests only; the
+    /// figures then have no ratio.
+    #[arg(long, value_enum)]
+    only: Option<Route>,
+
     /// The durable route's store. With `file`, records go to a file store in a temporary
     /// directory, and the raw rate of single fsyncs on the same disk is measured first.
     #[arg(long, value_enum, default_value_t = StoreKind::Memory)]
@@ -116,7 +125,7 @@ enum Scenario {
     Both,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Route {
     Durable,
     Plain,
@@ -141,11 +150,11 @@ impl Route {
     }
 
     /// The routes of each round, in order.
-    fn measured(direct: bool) -> &'static [Route] {
-        if direct {
-            &[Self::Durable, Self::Plain, Self::Direct]
-        } else {
-            &[Self::Durable, Self::Plain]
+    fn measured(args: &Args) -> Vec<Route> {
+        match args.only {
+            Some(route) => vec![route],
+            None if args.direct => vec![Self::Durable, Self::Plain, Self::Direct],
+            None => vec![Self::Durable, Self::Plain],
         }
     }
 }
@@ -502,6 +511,9 @@ impl Summary {
             routes.push(("direct", direct));
         }
         for (route, totals) in routes {
+            if totals.requests == 0 {
+                continue;
+            }
             let mut latencies = totals.latencies_us.clone();
             latencies.sort_unstable();
             println!(
@@ -514,6 +526,10 @@ impl Summary {
                 totals.requests,
                 totals.errors,
             );
+        }
+        if self.pair_ratios.is_empty() {
+            println!("    one route measured (--only): no ratio");
+            return;
         }
         println!(
             "    ratio durable/plain: throughput {ratio:.3} (median of round pairs {:.3}; \
@@ -550,7 +566,7 @@ async fn run_scenario(args: &Args, addr: SocketAddr, kind: Kind) -> Summary {
 
     let warmup = Duration::from_secs_f64(args.warmup);
     if !warmup.is_zero() {
-        for &route in Route::measured(args.direct) {
+        for route in Route::measured(args) {
             let round = run_round(addr, args.connections, warmup, plan(route, 0)).await;
             println!(
                 "  warm-up  {:<8} {:>8.0} req/s",
@@ -563,11 +579,11 @@ async fn run_scenario(args: &Args, addr: SocketAddr, kind: Kind) -> Summary {
     let length = Duration::from_secs_f64(args.seconds);
     let mut durable = Totals::default();
     let mut plain = Totals::default();
-    let mut direct = args.direct.then(Totals::default);
+    let mut direct = (args.direct || args.only == Some(Route::Direct)).then(Totals::default);
     let mut pair_ratios = Vec::new();
     for round in 1..=args.rounds {
         let mut pair = [0.0; 3];
-        for (i, &route) in Route::measured(args.direct).iter().enumerate() {
+        for (i, route) in Route::measured(args).into_iter().enumerate() {
             let result = run_round(addr, args.connections, length, plan(route, round)).await;
             let mut latencies = result.latencies_us.clone();
             latencies.sort_unstable();
@@ -595,7 +611,9 @@ async fn run_scenario(args: &Args, addr: SocketAddr, kind: Kind) -> Summary {
                 (Route::Direct, None) => {}
             }
         }
-        pair_ratios.push(pair[0] / pair[1]);
+        if args.only.is_none() {
+            pair_ratios.push(pair[0] / pair[1]);
+        }
     }
 
     let errors = durable.errors + plain.errors + direct.as_ref().map_or(0, |d| d.errors);
