@@ -6,6 +6,10 @@
 //! on one key takes its shard's lock once, so it is atomic with respect to every other
 //! call on that key. Scans (purges, event listings) take one shard at a time, so they
 //! never hold up requests for longer than one shard's share of the work.
+//!
+//! Each record is kept as a compact entry (a few hundred bytes for a small response; see
+//! `Entry`) and rebuilt into a [`Record`] when asked for. The `Store` methods at the end
+//! read as they would over whole `Record`s: that is where the contract is kept.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
