@@ -63,9 +63,10 @@ impl Payload {
     /// Struct fields keep their declaration order; map keys keep the map's order.
     pub fn new(value: impl Serialize) -> Result<Self, serde_json::Error> {
         let json = serde_json::to_string(&value)?;
-        // Serializing checks no depth, but reading does, and stores read payloads back.
-        // Anything else serde_json writes it also reads.
-        if nests_too_deep(json.as_bytes()) {
+        // Serializing checks no depth, but reading does, and stores read payloads back;
+        // anything else serde_json writes it also reads. Each level takes an opening and a
+        // closing byte, so a short text cannot nest too deep and is not read again.
+        if json.len() > 2 * MAX_PAYLOAD_DEPTH && check_json(&json).is_err() {
             return Err(serde::ser::Error::custom(format!(
                 "the payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
             )));
@@ -154,41 +155,6 @@ impl fmt::Display for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.json)
     }
-}
-
-/// Whether the JSON text `json` nests arrays and objects deeper than
-/// [`MAX_PAYLOAD_DEPTH`] levels.
-fn nests_too_deep(json: &[u8]) -> bool {
-    // Each level takes an opening and a closing byte.
-    if json.len() <= 2 * MAX_PAYLOAD_DEPTH {
-        return false;
-    }
-    let mut depth = 0_usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in json {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else {
-            match byte {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > MAX_PAYLOAD_DEPTH {
-                        return true;
-                    }
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-    }
-    false
 }
 
 /// Checks that `text` is one JSON value `serde_json` reads into a [`Value`], without
